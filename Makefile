@@ -1,0 +1,39 @@
+# make demo: set up .venv and run the whole pipeline on the demo world.
+# make test: set up .venv and run the test suite (what CI runs).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= all
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --workflow-profile none
+
+.PHONY: setup demo test lint format clean-results
+
+setup: $(STAMP)
+
+# Re-install only when the package metadata changes; torch comes from the local wheel cache.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(SNAKEMAKE)
+	@cat results/tables/results.md
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/snakefmt --check Snakefile rules
+	$(BIN)/snakemake --lint --workflow-profile none -n
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/snakefmt Snakefile rules
+
+clean-results:
+	rm -rf results logs .snakemake

@@ -1,0 +1,21 @@
+rule demo_world:
+    output:
+        manifest="results/demo_world/train/manifest.tsv",
+        images=directory("results/demo_world/train/images"),
+        packs=expand("results/demo_world/benchmarks/{name}.bin", name=BENCHMARKS),
+        info="results/demo_world/world.json",
+    params:
+        settings=get_demo_world_params(),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        "logs/demo_world/demo_world.log",
+    benchmark:
+        "logs/benchmarks/demo_world/demo_world.tsv"
+    conda:
+        "../envs/synface.yaml"
+    shell:
+        "synface demo-world --out results/demo_world --settings '{params.settings}' "
+        "--threads {threads} > {log} 2>&1"

@@ -1,0 +1,26 @@
+rule pack_tfrecords:
+    input:
+        manifest="results/datasets/{dataset}/manifest.tsv",
+    output:
+        shards=directory("results/tfrecords/{dataset}/TFR-{dataset}"),
+        index="results/tfrecords/{dataset}/TFR-{dataset}.txt",
+        rejected="results/tfrecords/{dataset}/rejected.tsv",
+        summary="results/tfrecords/{dataset}/pack.json",
+    params:
+        image_size=config["face_size"],
+        records_per_shard=config["packing"]["records_per_shard"],
+    threads: config["packing"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    log:
+        "logs/pack_tfrecords/{dataset}.log",
+    benchmark:
+        "logs/benchmarks/pack_tfrecords/{dataset}.tsv"
+    conda:
+        "../envs/synface.yaml"
+    shell:
+        "synface pack-tfrecords --manifest {input.manifest} "
+        "--out-dir results/tfrecords/{wildcards.dataset} --name TFR-{wildcards.dataset} "
+        "--image-size {params.image_size} --records-per-shard {params.records_per_shard} "
+        "--threads {threads} > {log} 2>&1"

@@ -1,0 +1,40 @@
+"""Atomic file writes and the newest-complete-checkpoint lookup shared by every trainer."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``.
+
+    A job killed mid-write then leaves either the old file or none, never a truncated one that
+    a resume would choke on.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: a checkpoint never runs code (DESIGN.md §6)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def numbered_files(folder: Path, pattern: str) -> dict[int, Path]:
+    """Files of ``folder`` whose name matches ``pattern`` (one ``{n}`` placeholder), by number."""
+    regex = re.compile(re.escape(pattern).replace(r"\{n\}", r"(\d+)") + "$")
+    found = {}
+    if Path(folder).is_dir():
+        for path in Path(folder).iterdir():
+            match = regex.match(path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return found

@@ -1,0 +1,150 @@
+"""The ``synface`` command: one sub-command per pipeline stage.
+
+The CLI only parses; each stage is a function of the package that tests call directly
+(STYLE.md "For synface" 5). Nested hyper-parameters arrive as one JSON object (``--settings``),
+so a Snakemake rule passes its ``params`` verbatim and a change in any of them reruns the rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _settings(text: str) -> dict[str, Any]:
+    """A JSON object given inline or as ``@path/to/file.json``."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--settings is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--settings must be a JSON object")
+    return value
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    """``name=path`` pairs, for benchmark packs and table rows."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def run_demo_world(args: argparse.Namespace) -> None:
+    from synface.demo_world.world import DemoWorldConfig, build_demo_world
+
+    build_demo_world(DemoWorldConfig.from_dict(args.settings), args.out, workers=args.threads)
+
+
+def run_manifest(args: argparse.Namespace) -> None:
+    from synface.io.manifest import read_manifest, scan_image_folder, write_manifest
+
+    entries = scan_image_folder(args.images) if args.images else read_manifest(args.manifest)
+    count = write_manifest(args.out, entries)
+    logging.getLogger("synface").info("wrote %d images to %s", count, args.out)
+
+
+def run_pack(args: argparse.Namespace) -> None:
+    from synface.packing import pack_tfrecords
+
+    pack_tfrecords(
+        args.manifest,
+        args.out_dir,
+        args.name,
+        args.image_size,
+        records_per_shard=args.records_per_shard,
+        workers=args.threads,
+    )
+
+
+def run_train_recognition(args: argparse.Namespace) -> None:
+    from synface.recognition.train import RecognitionTrainConfig, train_recognition
+
+    cfg = RecognitionTrainConfig.from_settings(args.settings)
+    train_recognition(args.index, args.data_root, args.out, args.run_dir, cfg, args.threads)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from synface.evaluation.benchmark import evaluate_backbone
+
+    evaluate_backbone(args.weights, dict(args.pack), args.out, args.batch_size, args.threads)
+
+
+def run_results_table(args: argparse.Namespace) -> None:
+    from synface.evaluation.table import to_markdown, write_results_table
+
+    rows = write_results_table(dict(args.row), args.markdown, args.csv, args.json)
+    print(to_markdown(rows), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synface", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable[[argparse.Namespace], None], help: str):
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = command("demo-world", run_demo_world, "render the procedural demo world")
+    sub.add_argument("--out", type=Path, required=True, help="output folder")
+    sub.add_argument("--settings", type=_settings, default={}, help="demo_world config (JSON)")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("manifest", run_manifest, "write a dataset manifest (path<TAB>label)")
+    source = sub.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="an images/<identity>/<n>.jpg folder")
+    source.add_argument("--manifest", type=Path, help="an existing manifest to re-root")
+    sub.add_argument("--out", type=Path, required=True)
+
+    sub = command("pack-tfrecords", run_pack, "pack a manifest into TFace TFRecord shards")
+    sub.add_argument("--manifest", type=Path, required=True)
+    sub.add_argument("--out-dir", type=Path, required=True)
+    sub.add_argument("--name", required=True, help="TFRecord dataset name (must contain TFR)")
+    sub.add_argument("--image-size", type=int, required=True, help="face size in pixels")
+    sub.add_argument("--records-per-shard", type=int, default=500_000)
+    sub.add_argument("--threads", type=int, default=1, help="decoding processes")
+
+    sub = command("train-recognition", run_train_recognition, "train IR + ArcFace (torchrun-ready)")
+    sub.add_argument("--index", type=Path, required=True, help="4-column TFace training index")
+    sub.add_argument("--data-root", type=Path, required=True, help="folder of the TFR-* dirs")
+    sub.add_argument("--out", type=Path, required=True, help="final backbone state dict")
+    sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
+    sub.add_argument("--settings", type=_settings, required=True, help="recognition config")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("evaluate", run_evaluate, "10-fold verification on insightface .bin packs")
+    sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
+    sub.add_argument("--pack", type=_named_path, action="append", required=True)
+    sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("results-table", run_results_table, "the paper-style results table")
+    sub.add_argument("--row", type=_named_path, action="append", required=True)
+    sub.add_argument("--markdown", type=Path, required=True)
+    sub.add_argument("--csv", type=Path, required=True)
+    sub.add_argument("--json", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

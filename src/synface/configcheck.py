@@ -1,0 +1,89 @@
+"""Config validation with errors a researcher can act on.
+
+Snakemake merges every ``--configfile`` into one dict before the workflow sees it; a bare
+jsonschema error then says neither which key was wrong nor in which file. This module names
+both, suggests the key that was probably meant, and fills the schema's defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+
+class ConfigError(ValueError):
+    """The config does not follow ``workflow/schemas/config.schema.yaml``."""
+
+
+def _dotted(path: Sequence[Any]) -> str:
+    return ".".join(str(part) for part in path) or "<top level>"
+
+
+def _files_defining(path: Sequence[Any], sources: Sequence[Path]) -> list[str]:
+    """Which of the config files spell out ``path`` (the culprit when several are merged)."""
+    found = []
+    for source in sources:
+        node: Any = yaml.safe_load(Path(source).read_text()) if Path(source).exists() else None
+        for part in path:
+            if not isinstance(node, dict) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if node is not None:
+            found.append(str(source))
+    return found
+
+
+def _describe(error: ValidationError, sources: Sequence[Path]) -> list[str]:
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        messages = []
+        for key in sorted(set(error.instance) - set(known)):
+            where = _files_defining([*path, key], sources) or [str(s) for s in sources]
+            guess = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{guess[0]}'?" if guess else ""
+            messages.append(
+                f"unknown config key '{_dotted([*path, key])}' in {', '.join(where)}{hint} "
+                f"(allowed here: {', '.join(known)})"
+            )
+        return messages
+    where = _files_defining(path, sources) or [str(s) for s in sources]
+    return [f"config key '{_dotted(path)}' in {', '.join(where)}: {error.message}"]
+
+
+def _fill_defaults(node: dict[str, Any], schema: dict[str, Any]) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node and "default" in sub:
+            node[key] = sub["default"]
+        if isinstance(node.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(node[key], sub)
+        if isinstance(node.get(key), dict) and isinstance(sub.get("additionalProperties"), dict):
+            for value in node[key].values():
+                if isinstance(value, dict):
+                    _fill_defaults(value, sub["additionalProperties"])
+
+
+def validate_config(
+    config: dict[str, Any], schema_path: Path, sources: Sequence[Path]
+) -> dict[str, Any]:
+    """Check ``config`` against the schema (in place), fill defaults, return it.
+
+    Raises:
+        ConfigError: listing every problem, each naming the key and the file it came from.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        problems = [line for error in errors for line in _describe(error, sources)]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+    _fill_defaults(config, schema)
+    return config

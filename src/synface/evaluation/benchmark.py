@@ -1,0 +1,109 @@
+"""Verification accuracy of a trained backbone on insightface ``.bin`` packs.
+
+The insightface protocol (evaluation.md §2): every image and its mirror are embedded, the two
+raw embeddings are summed and only then L2-normalised, and the 10-fold threshold search runs on
+the squared distance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as tvf
+
+from synface import checkpoint, runtime
+from synface.evaluation.verification import kfold_accuracy
+from synface.io.binpack import read_bin
+from synface.models import build_model
+from synface.recognition.data import decode_batch, normalize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """One benchmark's figures as insightface reports them, plus the pack's size."""
+
+    accuracy: float
+    std: float
+    threshold: float
+    xnorm: float
+    pairs: int
+
+
+def load_backbone(weights: Path) -> tuple[nn.Module, int]:
+    """Rebuild a backbone from ``weights`` and its ``.json`` spec; returns its input size."""
+    spec_path = Path(weights).with_suffix(".json")
+    if not spec_path.exists():
+        raise FileNotFoundError(
+            f"{spec_path} is missing: it names the architecture of {weights} "
+            '(e.g. {"name": "tface_ir", "args": {"depth": 50, "input_size": 112}})'
+        )
+    spec = json.loads(spec_path.read_text())
+    model = build_model(spec["name"], **spec["args"])
+    model.load_state_dict(checkpoint.load(weights), strict=True)
+    input_size = spec["args"].get("input_size", 112)
+    size = input_size if isinstance(input_size, int) else input_size[0]
+    return model.eval(), size
+
+
+@torch.inference_mode()
+def embed_with_flip(
+    model: nn.Module, jpegs: list[bytes], image_size: int, batch_size: int, device: torch.device
+) -> tuple[torch.Tensor, float]:
+    """L2-normalised (embedding(x) + embedding(flip x)) for every image, and the XNorm."""
+    embeddings, norms = [], []
+    for start in range(0, len(jpegs), batch_size):
+        images = torch.stack(decode_batch(jpegs[start : start + batch_size]))
+        if images.shape[-1] != image_size or images.shape[-2] != image_size:
+            # insightface resizes packs whose size differs from the model's (evaluation.md §1).
+            images = tvf.resize(images, [image_size, image_size], antialias=True)
+        images = normalize(images).to(device)
+        with runtime.autocast(device):
+            raw = model(images).float()
+            mirrored = model(tvf.horizontal_flip(images)).float()
+        norms.append(torch.cat([raw.norm(dim=1), mirrored.norm(dim=1)]).cpu())
+        embeddings.append(torch.nn.functional.normalize(raw + mirrored, dim=1).cpu())
+    return torch.cat(embeddings), torch.cat(norms).mean().item()
+
+
+def evaluate_pack(
+    model: nn.Module, pack: Path, image_size: int, batch_size: int, device: torch.device
+) -> BenchmarkResult:
+    images, issame = read_bin(pack)
+    embeddings, xnorm = embed_with_flip(model, images, image_size, batch_size, device)
+    emb = embeddings.double().numpy()
+    accuracy, std, threshold = kfold_accuracy(emb[0::2], emb[1::2], issame, nfolds=10)
+    return BenchmarkResult(accuracy, std, threshold, xnorm, len(issame))
+
+
+def evaluate_backbone(
+    weights: Path, packs: dict[str, Path], out_json: Path, batch_size: int = 64, threads: int = 1
+) -> dict[str, BenchmarkResult]:
+    """Evaluate ``weights`` on every pack and write ``{benchmark: figures}`` as JSON."""
+    runtime.set_threads(threads)
+    device = runtime.pick_device()
+    model, image_size = load_backbone(weights)
+    model.to(device)
+    results = {}
+    for name, pack in packs.items():
+        results[name] = evaluate_pack(model, Path(pack), image_size, batch_size, device)
+        log.info(
+            "%s: accuracy %.4f ± %.4f (threshold %.2f, XNorm %.2f, %d pairs)",
+            name,
+            results[name].accuracy,
+            results[name].std,
+            results[name].threshold,
+            results[name].xnorm,
+            results[name].pairs,
+        )
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"weights": str(weights), "benchmarks": {k: asdict(v) for k, v in results.items()}}
+    out_json.write_text(json.dumps(payload, indent=2) + "\n")
+    return results

@@ -1,0 +1,56 @@
+"""The results table of the ADMIS paper: one row per trained model, five benchmarks + average."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+# Benchmark pack names and the column titles the paper uses, in the paper's order.
+COLUMNS = {
+    "lfw": "LFW",
+    "cfp_fp": "CFP-FP",
+    "cplfw": "CPLFW",
+    "agedb_30": "AGEDB",
+    "calfw": "CALFW",
+}
+
+
+def table_rows(evaluations: dict[str, Path]) -> list[dict[str, float | str]]:
+    """Accuracies in percent per row label, with the average over the five benchmarks."""
+    rows = []
+    for label, path in evaluations.items():
+        figures = json.loads(Path(path).read_text())["benchmarks"]
+        missing = [name for name in COLUMNS if name not in figures]
+        if missing:
+            raise ValueError(f"{path} has no result for {', '.join(missing)}")
+        row: dict[str, float | str] = {"model": label}
+        for name, title in COLUMNS.items():
+            row[title] = round(100 * figures[name]["accuracy"], 2)
+        row["Average"] = round(sum(float(row[t]) for t in COLUMNS.values()) / len(COLUMNS), 2)
+        rows.append(row)
+    return rows
+
+
+def to_markdown(rows: list[dict[str, float | str]]) -> str:
+    header = ["model", *COLUMNS.values(), "Average"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["model"])] + [f"{row[h]:.2f}" for h in header[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results_table(
+    evaluations: dict[str, Path], markdown: Path, csv_path: Path, json_path: Path
+) -> list[dict[str, float | str]]:
+    """Write the table as Markdown, CSV and JSON; returns its rows."""
+    rows = table_rows(evaluations)
+    Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+    Path(markdown).write_text(to_markdown(rows))
+    with Path(csv_path).open("w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")
+    return rows

@@ -1,0 +1,93 @@
+"""Dataset manifests: the one description of a dataset every stage shares.
+
+A manifest is a text file of ``path<TAB>label`` lines. Paths are relative to the manifest's own
+folder (or absolute), so a dataset can be re-labelled, cleaned or oversampled by writing a new
+manifest without touching image bytes (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One image of a dataset: where it is and which identity it shows."""
+
+    path: Path
+    label: int
+
+
+def read_manifest(manifest: Path) -> list[ManifestEntry]:
+    """Read a manifest, resolving relative paths against its folder.
+
+    Raises:
+        ValueError: naming the file and line when a line is not ``path<TAB>integer label``.
+    """
+    manifest = Path(manifest)
+    root = manifest.parent
+    entries = []
+    with manifest.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise ValueError(
+                    f"{manifest}:{number}: expected 'path<TAB>label', got {len(fields)} "
+                    f"tab-separated fields: {line!r}"
+                )
+            path, label = fields
+            try:
+                label_int = int(label)
+            except ValueError:
+                raise ValueError(
+                    f"{manifest}:{number}: label {label!r} is not an integer"
+                ) from None
+            entries.append(ManifestEntry(root / path, label_int))
+    return entries
+
+
+def write_manifest(manifest: Path, entries: Iterable[ManifestEntry]) -> int:
+    """Write entries with paths relative to the manifest's folder; atomic; returns the count."""
+    manifest = Path(manifest)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    root = manifest.parent.resolve()
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    count = 0
+    with tmp.open("w", encoding="utf-8") as out:
+        for entry in entries:
+            path = Path(os.path.relpath(Path(entry.path).resolve(), root))
+            out.write(f"{path.as_posix()}\t{entry.label}\n")
+            count += 1
+    os.replace(tmp, manifest)
+    return count
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def scan_image_folder(images: Path) -> list[ManifestEntry]:
+    """List an ``images/<identity>/<file>`` tree (CASIA-WebFace layout) as manifest entries.
+
+    Identity folders are sorted by name and numbered 0..C-1, so labels are dense as the
+    classifier needs (recognition.md §1.3) whatever the folder names are.
+    """
+    images = Path(images)
+    if not images.is_dir():
+        raise FileNotFoundError(
+            f"dataset folder {images} does not exist: put one sub-folder of face images per "
+            "identity there (images/<identity>/<n>.jpg, aligned 112x112 crops)"
+        )
+    entries = []
+    identities = sorted(p for p in images.iterdir() if p.is_dir())
+    for label, identity in enumerate(identities):
+        files = sorted(p for p in identity.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries.extend(ManifestEntry(path, label) for path in files)
+    if not entries:
+        raise ValueError(f"dataset folder {images} holds no .jpg/.png images in sub-folders")
+    return entries

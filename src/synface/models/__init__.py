@@ -1,0 +1,26 @@
+"""Network architectures, one per module, built by name through `build_model` only.
+
+Configs and checkpoints refer to an architecture by its registry name plus constructor arguments,
+so this table is the single place where a name becomes a class (STYLE.md, "For synface" 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from synface.models.tface_ir import TFaceIR
+
+MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "tface_ir": TFaceIR,
+}
+
+
+def build_model(name: str, **kwargs: object) -> nn.Module:
+    """Build the architecture registered as `name` with its constructor arguments."""
+    factory = MODEL_FACTORIES.get(name)
+    if factory is None:
+        known = ", ".join(sorted(MODEL_FACTORIES))
+        raise ValueError(f"unknown model name {name!r}; known names: {known}")
+    return factory(**kwargs)

@@ -1,0 +1,160 @@
+"""TFace IR backbones (IR-18/34/50/100), re-implemented from specs/recognition.md §4.
+
+The parameter layout reproduces TFace's `model_irse.Backbone(input_size, depth, "ir")` key for key
+and in the same state-dict order, so TFace `Backbone_Epoch_*_checkpoint.pth` files load strictly and
+our checkpoints load into TFace (specs §9). The network is pinned by the `tface_ir50` fixture in
+`tests/fixtures/reference/`.
+
+Beyond TFace (which accepts 112 and 224 only) any square input divisible by 16 and any four stage
+widths are accepted, so the demo world can train a narrow, low-resolution variant with this code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# Units per stage (specs §4). 152/200 use bottleneck units and are not implemented.
+BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 14, 3),
+    100: (3, 13, 30, 3),
+}
+# TFace's `IR_101` factory builds the 100-layer network (specs §4).
+DEPTH_ALIASES: dict[int, int] = {101: 100}
+
+# Four stride-2 stages: 112 -> 7 (specs §4).
+DOWNSAMPLING = 16
+
+
+class BasicBlockIR(nn.Module):
+    """Pre-activation-style IR unit: BN → conv → BN → PReLU → strided conv → BN, plus shortcut.
+
+    There is no activation after the residual add (specs §4). The shortcut is registered before
+    `res_layer` because that is TFace's state-dict order (fixture manifest).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if in_channels == out_channels:
+            # Parameter-free subsampling, also for the stride-2 first unit of stage 1 (specs §4),
+            # where insightface uses a conv instead.
+            self.shortcut_layer: nn.Module = nn.MaxPool2d(kernel_size=1, stride=stride)
+        else:
+            self.shortcut_layer = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_channels),
+            nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.PReLU(out_channels),
+            # The stride sits on the second conv (specs §4).
+            nn.Conv2d(out_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class TFaceIR(nn.Module):
+    """TFace IR backbone mapping (N, 3, s, s) images in [-1, 1] to raw (N, embedding_size) features.
+
+    The output is not L2-normalised: the margin head and the evaluation protocol do that
+    (specs §4, §5.2). `build_model("tface_ir", depth=50, input_size=112)` is TFace's IR_50.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        input_size: int | Sequence[int] = 112,
+        channels: Sequence[int] = (64, 128, 256, 512),
+        embedding_size: int = 512,
+        dropout: float = 0.4,
+    ) -> None:
+        super().__init__()
+        blocks = _blocks_for_depth(depth)
+        size = _square_size(input_size)
+        widths = _stage_widths(channels)
+        if embedding_size <= 0:
+            raise ValueError(f"embedding_size must be positive, got {embedding_size}")
+
+        # Attribute order = TFace's state-dict order: input_layer, output_layer, body (fixture).
+        self.input_layer = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.PReLU(widths[0]),
+        )
+        final_size = size // DOWNSAMPLING
+        self.output_layer = nn.Sequential(
+            nn.BatchNorm2d(widths[-1]),
+            nn.Dropout(dropout),
+            # Channel-major (C, H, W) flattening, as TFace's `x.view(N, -1)` (specs §4).
+            nn.Flatten(),
+            nn.Linear(widths[-1] * final_size * final_size, embedding_size),
+            # No affine parameters: only running statistics appear in the state dict (specs §4).
+            nn.BatchNorm1d(embedding_size, affine=False),
+        )
+        units: list[nn.Module] = []
+        in_channels = widths[0]
+        for out_channels, num_units in zip(widths, blocks, strict=True):
+            # The first unit of every stage halves the resolution (specs §4).
+            units.append(BasicBlockIR(in_channels, out_channels, stride=2))
+            units.extend(BasicBlockIR(out_channels, out_channels, 1) for _ in range(num_units - 1))
+            in_channels = out_channels
+        self.body = nn.Sequential(*units)
+
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """TFace `common.initialize_weights` (specs §4); PReLU keeps PyTorch's 0.25 slope."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d) and module.affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_layer(self.body(self.input_layer(x)))
+
+
+def _blocks_for_depth(depth: int) -> tuple[int, int, int, int]:
+    depth = DEPTH_ALIASES.get(depth, depth)
+    if depth not in BLOCKS_PER_STAGE:
+        known = sorted([*BLOCKS_PER_STAGE, *DEPTH_ALIASES])
+        raise ValueError(f"depth must be one of {known}, got {depth}")
+    return BLOCKS_PER_STAGE[depth]
+
+
+def _square_size(input_size: int | Sequence[int]) -> int:
+    """Accept TFace's `[112, 112]` form as well as a plain int."""
+    if isinstance(input_size, int):
+        height = width = input_size
+    elif len(input_size) == 2:
+        height, width = (int(v) for v in input_size)
+    else:
+        raise ValueError(f"input_size must be an int or a pair (height, width), got {input_size!r}")
+    if height != width or height <= 0 or height % DOWNSAMPLING:
+        raise ValueError(
+            f"input_size must be square with a side divisible by {DOWNSAMPLING} "
+            f"(e.g. 112 or [112, 112]), got {input_size!r}"
+        )
+    return height
+
+
+def _stage_widths(channels: Sequence[int]) -> tuple[int, ...]:
+    widths = tuple(int(c) for c in channels)
+    if len(widths) != 4 or min(widths) <= 0:
+        raise ValueError(
+            "channels must be four positive stage widths, e.g. (64, 128, 256, 512), "
+            f"got {channels!r}"
+        )
+    return widths

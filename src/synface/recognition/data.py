@@ -1,0 +1,138 @@
+"""Training data for recognition: records read by index offset, decoded and augmented in batches.
+
+Decoder choice: ``torchvision.io.decode_jpeg`` on a whole batch. It is libjpeg-turbo like Pillow,
+but returns uint8 CHW tensors directly (no PIL image, no numpy round trip, no per-image
+``ToTensor``), takes the list of a batch in one call, and on a GPU the same call decodes with
+nvJPEG. Augmentation then works on uint8 tensors and normalisation is one fused op per batch.
+``benchmarks/bench_train.py`` measures it against a per-image Pillow loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import RandomResizedCrop
+from torchvision.transforms.v2 import functional as tvf
+
+from synface.io.tfrecord import IndexEntry, RecordReader, read_training_index, shard_path
+
+
+class RecordDataset(Dataset):
+    """(JPEG bytes, label) pairs of a TFace training index, read by byte offset with CRC check.
+
+    Only the index lives in memory (STYLE.md §4: the index is the dataset); each DataLoader
+    worker opens every shard once, lazily.
+    """
+
+    def __init__(self, index_path: Path, data_root: Path) -> None:
+        self.entries: list[IndexEntry] = read_training_index(Path(index_path))
+        self.data_root = Path(data_root)
+        self.reader = RecordReader()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def num_classes(self) -> int:
+        return max(entry.label for entry in self.entries) + 1
+
+    def __getitem__(self, i: int) -> tuple[bytes, int]:
+        entry = self.entries[i]
+        path = shard_path(self.data_root, entry.tfr_name, entry.shard)
+        return self.reader.read_image(path, entry.offset), entry.label
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """ADMIS training augmentation (recognition.md §3): flip, then an AdaFace-style crop."""
+
+    flip_p: float = 0.5
+    crop_p: float = 0.2
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+
+
+def decode_batch(jpegs: Sequence[bytes]) -> list[torch.Tensor]:
+    """Decode JPEGs to RGB uint8 CHW tensors in one call."""
+    data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
+    return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] → float [-1, 1], i.e. (x/255 − 0.5)/0.5 as TFace and insightface train."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+class DecodeAugmentCollate:
+    """DataLoader ``collate_fn``: decode a batch, augment each image, normalise the stack."""
+
+    def __init__(self, image_size: int, augment: AugmentConfig) -> None:
+        self.image_size = image_size
+        self.augment = augment
+        self.crop = RandomResizedCrop(
+            image_size, scale=augment.crop_scale, ratio=augment.crop_ratio, antialias=True
+        )
+
+    def __call__(self, batch: list[tuple[bytes, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        jpegs, labels = zip(*batch, strict=True)
+        images = []
+        for image in decode_batch(jpegs):
+            if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
+                raise ValueError(
+                    f"a record decodes to {tuple(image.shape[-2:])} but the model expects "
+                    f"{self.image_size}x{self.image_size}: repack with the configured face size"
+                )
+            if torch.rand(()) < self.augment.flip_p:
+                image = tvf.horizontal_flip(image)
+            if torch.rand(()) < self.augment.crop_p:
+                image = self.crop(image)
+            images.append(image)
+        return normalize(torch.stack(images)), torch.tensor(labels, dtype=torch.long)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batches cut from one permutation of the whole dataset, each rank taking its slice.
+
+    Unlike TFace's per-rank shuffles, step s sees the same global batch for any world size, so a
+    run on N GPUs follows the same data order as on one (and the DDP equivalence test can hold).
+    The last incomplete global batch is dropped, so every rank has equal batch shapes.
+    """
+
+    def __init__(
+        self, num_samples: int, global_batch: int, rank: int, world_size: int, seed: int
+    ) -> None:
+        if global_batch % world_size:
+            raise ValueError(
+                f"global batch size {global_batch} is not divisible by the {world_size} "
+                "processes: change recognition.train.global_batch_size or the GPU count"
+            )
+        if num_samples < global_batch:
+            raise ValueError(
+                f"the dataset has {num_samples} images, fewer than one global batch of "
+                f"{global_batch}: lower recognition.train.global_batch_size"
+            )
+        self.num_samples = num_samples
+        self.global_batch = global_batch
+        self.local_batch = global_batch // world_size
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        start = self.rank * self.local_batch
+        for step in range(len(self)):
+            batch = order[step * self.global_batch : (step + 1) * self.global_batch]
+            yield batch[start : start + self.local_batch].tolist()

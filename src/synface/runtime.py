@@ -1,0 +1,91 @@
+"""Where and how a stage runs: threads, device, mixed precision and the DDP process group.
+
+Every stage goes through these helpers so that one code path serves a 2-core laptop, one GPU and
+``torchrun --nproc-per-node N`` alike (recognition.md §8: ``env://`` rendezvous, ``LOCAL_RANK``
+from the environment, never a ``--local-rank`` argument).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def set_threads(threads: int) -> None:
+    """Pin torch's intra-op pool to the job's Snakemake ``threads``.
+
+    Oversubscription is the main CPU trap here: two busy pools on two cores run 10-18x slower.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    # The inter-op pool can only be sized before any parallel work has started.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a (possibly one-process) job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed() -> Distributed:
+    """Join the process group torchrun set up, or run alone when launched plainly.
+
+    NCCL on CUDA, gloo on CPU, so the DDP path is testable without a GPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, init_method="env://")
+        log.info("rank %d/%d joined the %s process group", rank, world_size, backend)
+    return Distributed(rank, world_size, local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def pick_device() -> torch.device:
+    """The device of a single-process stage: the first GPU when there is one."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """bf16 autocast on CUDA; plain fp32 on CPU, where bf16 made training slower here
+    (specs/demo-world-feasibility.md: +20 % per step)."""
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
