@@ -3,17 +3,17 @@ rule dataset_manifest:
         unpack(get_dataset_manifest_input),
     output:
         "results/datasets/{dataset}/manifest.tsv",
-    params:
-        source=get_dataset_manifest_source,
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
     log:
         "logs/dataset_manifest/{dataset}.log",
     benchmark:
         "logs/benchmarks/dataset_manifest/{dataset}.tsv"
     conda:
         "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        source=get_dataset_manifest_source,
     shell:
         "synface manifest {params.source} --out {output} > {log} 2>&1"

@@ -4,18 +4,18 @@ rule demo_world:
         images=directory("results/demo_world/train/images"),
         packs=expand("results/demo_world/benchmarks/{name}.bin", name=BENCHMARKS),
         info="results/demo_world/world.json",
-    params:
-        settings=get_demo_world_params(),
-    threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=30,
     log:
         "logs/demo_world/demo_world.log",
     benchmark:
         "logs/benchmarks/demo_world/demo_world.tsv"
     conda:
         "../envs/synface.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        settings=get_demo_world_params(),
     shell:
         "synface demo-world --out results/demo_world --settings '{params.settings}' "
         "--threads {threads} > {log} 2>&1"

@@ -3,19 +3,19 @@ rule evaluate:
         unpack(get_evaluate_input),
     output:
         "results/evaluation/{dataset}.json",
-    params:
-        packs=get_evaluate_pack_args,
-        batch_size=config["evaluation"]["batch_size"],
-    threads: config["evaluation"]["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=60,
     log:
         "logs/evaluate/{dataset}.log",
     benchmark:
         "logs/benchmarks/evaluate/{dataset}.tsv"
     conda:
         "../envs/synface.yaml"
+    threads: config["evaluation"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        packs=get_evaluate_pack_args,
+        batch_size=config["evaluation"]["batch_size"],
     shell:
         "synface evaluate --weights {input.weights} {params.packs} --out {output} "
         "--batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
@@ -25,22 +25,26 @@ rule results_table:
     input:
         **{name: f"results/evaluation/{name}.json" for name in DATASETS},
     output:
-        markdown=report("results/tables/results.md", caption="../workflow/report/results.rst", category="Results"),
+        markdown=report(
+            "results/tables/results.md",
+            caption="../workflow/report/results.rst",
+            category="Results",
+        ),
         csv="results/tables/results.csv",
         json="results/tables/results.json",
-    params:
-        rows=get_results_table_rows,
-    localrule: True
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
     log:
         "logs/results_table/results_table.log",
     benchmark:
         "logs/benchmarks/results_table/results_table.tsv"
+    localrule: True
     conda:
         "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        rows=get_results_table_rows,
     shell:
         "synface results-table {params.rows} --markdown {output.markdown} "
         "--csv {output.csv} --json {output.json} > {log} 2>&1"

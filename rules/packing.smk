@@ -6,19 +6,19 @@ rule pack_tfrecords:
         index="results/tfrecords/{dataset}/TFR-{dataset}.txt",
         rejected="results/tfrecords/{dataset}/rejected.tsv",
         summary="results/tfrecords/{dataset}/pack.json",
-    params:
-        image_size=config["face_size"],
-        records_per_shard=config["packing"]["records_per_shard"],
-    threads: config["packing"]["threads"]
-    resources:
-        mem_mb=4000,
-        runtime=240,
     log:
         "logs/pack_tfrecords/{dataset}.log",
     benchmark:
         "logs/benchmarks/pack_tfrecords/{dataset}.tsv"
     conda:
         "../envs/synface.yaml"
+    threads: config["packing"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        image_size=config["face_size"],
+        records_per_shard=config["packing"]["records_per_shard"],
     shell:
         "synface pack-tfrecords --manifest {input.manifest} "
         "--out-dir results/tfrecords/{wildcards.dataset} --name TFR-{wildcards.dataset} "
