@@ -90,28 +90,29 @@ def main() -> None:
             partial(pack_synface, manifest, args.threads), scratch, args.images, args.repeats
         )
 
-    report(
+    title = (
         f"packing {args.images} JPEG faces of {FACE_SIZE} px ({args.threads} threads, "
-        f"{os.cpu_count()} CPUs, best of {args.repeats})",
-        [
-            ("plain Pillow re-encode", plain, 1.0),
-            ("synface workers=1", single, single / plain),
-            (f"synface workers={args.threads}", parallel, parallel / plain),
-        ],
-        {
-            "bench": "pack",
-            "images": args.images,
-            "size": FACE_SIZE,
-            "threads": args.threads,
-            "cpus": os.cpu_count(),
-            "repeats": args.repeats,
-            "plain_images_per_s": round(plain, 1),
-            "synface_w1_images_per_s": round(single, 1),
-            "synface_images_per_s": round(parallel, 1),
-            "ratio_w1": round(single / plain, 2),
-            "ratio": round(parallel / plain, 2),
-        },
+        f"{os.cpu_count()} CPUs, best of {args.repeats})"
     )
+    rows = [
+        ("plain Pillow re-encode", plain, 1.0),
+        ("synface workers=1", single, single / plain),
+        (f"synface workers={args.threads}", parallel, parallel / plain),
+    ]
+    figures = {
+        "bench": "pack",
+        "images": args.images,
+        "size": FACE_SIZE,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "repeats": args.repeats,
+        "plain_images_per_s": round(plain, 1),
+        "synface_w1_images_per_s": round(single, 1),
+        "synface_images_per_s": round(parallel, 1),
+        "ratio_w1": round(single / plain, 2),
+        "ratio": round(parallel / plain, 2),
+    }
+    report([(title, rows)], figures)
 
 
 if __name__ == "__main__":

@@ -94,12 +94,16 @@ def scratch_dir() -> Iterator[Path]:
         yield Path(name)
 
 
-def report(title: str, rows: list[tuple[str, float, float]], figures: dict[str, object]) -> None:
-    """Print ``(what, images/s, ratio to the baseline)`` rows as a table, then all figures as
+Row = tuple[str, float, float]
+
+
+def report(tables: list[tuple[str, list[Row]]], figures: dict[str, object]) -> None:
+    """Print each table of ``(what, images/s, ratio to its baseline)`` rows, then all figures as
     one JSON line."""
-    width = max(len(what) for what, _, _ in rows)
-    print(f"\n{title}")
-    print(f"{'':{width}}  {'images/s':>10}  {'ratio':>7}")
-    for what, rate, ratio in rows:
-        print(f"{what:{width}}  {rate:10.1f}  {ratio:6.2f}x")
+    for title, rows in tables:
+        width = max(len(what) for what, _, _ in rows)
+        print(f"\n{title}")
+        print(f"{'':{width}}  {'images/s':>10}  {'ratio':>7}")
+        for what, rate, ratio in rows:
+            print(f"{what:{width}}  {rate:10.1f}  {ratio:6.2f}x")
     print(json.dumps(figures, sort_keys=True))

@@ -3,14 +3,17 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from synface.configcheck import ConfigError, validate_config
+from synface.configcheck import ConfigError, read_sources, validate_config
 from synface.evaluation.table import COLUMNS as BENCHMARKS
 
 try:
     validate_config(
         config,
         Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
-        [Path(path) for path in workflow.configfiles],
+        {
+            **read_sources([Path(path) for path in workflow.configfiles]),
+            "--config": workflow.config_settings.overwrite_config,
+        },
     )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None

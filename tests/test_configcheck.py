@@ -5,16 +5,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synface.configcheck import ConfigError, validate_config
+from synface.configcheck import ConfigError, read_sources, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-SHIPPED = sorted(ROOT.glob("config/*.yaml")) + sorted(ROOT.glob("tests/config/*.yaml"))
+SHIPPED = sorted(ROOT.glob("config/*.yaml"))
+TEST_DIFFS = sorted(ROOT.glob("tests/config/*.yaml"))
+
+
+def _merged(base: dict, diff: dict) -> dict:
+    """Snakemake's deep merge of a later --configfile over an earlier one."""
+    out = dict(base)
+    for key, value in diff.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and key in out else value
+    return out
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path: Path) -> None:
-    validate_config(yaml.safe_load(path.read_text()), SCHEMA, [path])
+    validate_config(yaml.safe_load(path.read_text()), SCHEMA, read_sources([path]))
+
+
+@pytest.mark.parametrize("path", TEST_DIFFS, ids=lambda p: p.name)
+def test_every_test_config_is_valid_over_the_demo_config(path: Path) -> None:
+    base = ROOT / "config" / "config.yaml"
+    config = _merged(yaml.safe_load(base.read_text()), yaml.safe_load(path.read_text()))
+    validate_config(config, SCHEMA, read_sources([base, path]))
 
 
 def _config_file(tmp_path: Path, edit) -> tuple[dict, Path]:
@@ -28,7 +44,7 @@ def _config_file(tmp_path: Path, edit) -> tuple[dict, Path]:
 def test_an_unknown_key_is_named_with_its_file_and_a_guess(tmp_path: Path) -> None:
     config, path = _config_file(tmp_path, lambda c: c["recognition"]["train"].update(epoch=3))
     with pytest.raises(ConfigError) as error:
-        validate_config(config, SCHEMA, [ROOT / "config" / "config.yaml", path])
+        validate_config(config, SCHEMA, read_sources([ROOT / "config" / "config.yaml", path]))
     message = str(error.value)
     assert "unknown config key 'recognition.train.epoch'" in message
     assert str(path) in message
@@ -39,10 +55,18 @@ def test_an_unknown_key_is_named_with_its_file_and_a_guess(tmp_path: Path) -> No
 def test_a_mistyped_value_names_the_key(tmp_path: Path) -> None:
     config, path = _config_file(tmp_path, lambda c: c["recognition"]["head"].update(scale="64"))
     with pytest.raises(ConfigError, match=r"config key 'recognition\.head\.scale' in .*mine\.yaml"):
-        validate_config(config, SCHEMA, [path])
+        validate_config(config, SCHEMA, read_sources([path]))
 
 
 def test_defaults_are_filled(tmp_path: Path) -> None:
     config, path = _config_file(tmp_path, lambda c: c.pop("evaluation"))
-    validate_config(config, SCHEMA, [path])
+    validate_config(config, SCHEMA, read_sources([path]))
     assert config["evaluation"] == {"batch_size": 64, "threads": 4}
+
+
+def test_a_bad_command_line_value_is_blamed_on_the_command_line() -> None:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["face_size"] = "48"
+    sources = {**read_sources([ROOT / "config" / "config.yaml"]), "--config": {"face_size": "48"}}
+    with pytest.raises(ConfigError, match=r"config key 'face_size' in .*config\.yaml, --config"):
+        validate_config(config, SCHEMA, sources)

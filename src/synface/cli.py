@@ -77,6 +77,18 @@ def run_evaluate(args: argparse.Namespace) -> None:
     evaluate_backbone(args.weights, dict(args.pack), args.out, args.batch_size, args.threads)
 
 
+def run_export_embedding_model(args: argparse.Namespace) -> None:
+    from synface.embeddings import export_onnx
+
+    export_onnx(args.weights, args.out, threads=args.threads)
+
+
+def run_extract_embeddings(args: argparse.Namespace) -> None:
+    from synface.embeddings import extract_embeddings
+
+    extract_embeddings(args.model, args.manifest, args.out_dir, args.batch_size, args.threads)
+
+
 def run_results_table(args: argparse.Namespace) -> None:
     from synface.evaluation.table import to_markdown, write_results_table
 
@@ -125,6 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
     sub.add_argument("--pack", type=_named_path, action="append", required=True)
     sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command(
+        "export-embedding-model",
+        run_export_embedding_model,
+        "export a backbone to ONNX and check ONNX Runtime parity with torch",
+    )
+    sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
+    sub.add_argument("--out", type=Path, required=True, help="model.onnx (+ model.onnx.json)")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command(
+        "extract-embeddings", run_extract_embeddings, "L2-normalised embeddings of a manifest"
+    )
+    sub.add_argument("--model", type=Path, required=True, help="from export-embedding-model")
+    sub.add_argument("--manifest", type=Path, required=True)
+    sub.add_argument("--out-dir", type=Path, required=True, help="embeddings.npy + names.txt")
     sub.add_argument("--batch-size", type=int, default=64)
     sub.add_argument("--threads", type=int, default=1)
 

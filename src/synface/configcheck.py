@@ -8,7 +8,7 @@ both, suggests the key that was probably meant, and fills the schema's defaults.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +25,32 @@ def _dotted(path: Sequence[Any]) -> str:
     return ".".join(str(part) for part in path) or "<top level>"
 
 
-def _files_defining(path: Sequence[Any], sources: Sequence[Path]) -> list[str]:
-    """Which of the config files spell out ``path`` (the culprit when several are merged)."""
+def read_sources(paths: Sequence[Path]) -> dict[str, Any]:
+    """The raw content of each config file, keyed by its name, for locating a bad key."""
+    return {str(p): yaml.safe_load(Path(p).read_text()) for p in paths if Path(p).exists()}
+
+
+def _files_defining(path: Sequence[Any], sources: Mapping[str, Any]) -> list[str]:
+    """Which of the config sources spell out ``path`` (the culprit when several are merged)."""
     found = []
-    for source in sources:
-        node: Any = yaml.safe_load(Path(source).read_text()) if Path(source).exists() else None
+    for name, node in sources.items():
         for part in path:
             if not isinstance(node, dict) or part not in node:
                 node = None
                 break
             node = node[part]
         if node is not None:
-            found.append(str(source))
+            found.append(name)
     return found
 
 
-def _describe(error: ValidationError, sources: Sequence[Path]) -> list[str]:
+def _describe(error: ValidationError, sources: Mapping[str, Any]) -> list[str]:
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         known = sorted(error.schema.get("properties", {}))
         messages = []
         for key in sorted(set(error.instance) - set(known)):
-            where = _files_defining([*path, key], sources) or [str(s) for s in sources]
+            where = _files_defining([*path, key], sources) or list(sources)
             guess = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
             messages.append(
@@ -54,7 +58,7 @@ def _describe(error: ValidationError, sources: Sequence[Path]) -> list[str]:
                 f"(allowed here: {', '.join(known)})"
             )
         return messages
-    where = _files_defining(path, sources) or [str(s) for s in sources]
+    where = _files_defining(path, sources) or list(sources)
     return [f"config key '{_dotted(path)}' in {', '.join(where)}: {error.message}"]
 
 
@@ -71,9 +75,12 @@ def _fill_defaults(node: dict[str, Any], schema: dict[str, Any]) -> None:
 
 
 def validate_config(
-    config: dict[str, Any], schema_path: Path, sources: Sequence[Path]
+    config: dict[str, Any], schema_path: Path, sources: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Check ``config`` against the schema (in place), fill defaults, return it.
+
+    ``sources`` maps each origin of the merged config (a file name, or ``--config``) to what it
+    held, so that an error names the origin of the bad key.
 
     Raises:
         ConfigError: listing every problem, each naming the key and the file it came from.

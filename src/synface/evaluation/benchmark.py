@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as tvf
 
-from synface import checkpoint, runtime
+from synface import runtime
 from synface.evaluation.verification import kfold_accuracy
 from synface.io.binpack import read_bin
-from synface.models import build_model
+from synface.models.spec import load_backbone
 from synface.recognition.data import decode_batch, normalize
 
 log = logging.getLogger(__name__)
@@ -34,22 +34,6 @@ class BenchmarkResult:
     threshold: float
     xnorm: float
     pairs: int
-
-
-def load_backbone(weights: Path) -> tuple[nn.Module, int]:
-    """Rebuild a backbone from ``weights`` and its ``.json`` spec; returns its input size."""
-    spec_path = Path(weights).with_suffix(".json")
-    if not spec_path.exists():
-        raise FileNotFoundError(
-            f"{spec_path} is missing: it names the architecture of {weights} "
-            '(e.g. {"name": "tface_ir", "args": {"depth": 50, "input_size": 112}})'
-        )
-    spec = json.loads(spec_path.read_text())
-    model = build_model(spec["name"], **spec["args"])
-    model.load_state_dict(checkpoint.load(weights), strict=True)
-    input_size = spec["args"].get("input_size", 112)
-    size = input_size if isinstance(input_size, int) else input_size[0]
-    return model.eval(), size
 
 
 @torch.inference_mode()

@@ -10,10 +10,17 @@ from collections.abc import Callable
 
 from torch import nn
 
+from synface.models.idiff_unet import ConditionalUNet
+from synface.models.iresnet import IResNet
 from synface.models.tface_ir import TFaceIR
+from synface.models.vq_f4 import VQDecoder, VQEncoder
 
 MODEL_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "idiff_unet": ConditionalUNet,
+    "iresnet": IResNet,
     "tface_ir": TFaceIR,
+    "vq_decoder": VQDecoder,
+    "vq_encoder": VQEncoder,
 }
 
 

@@ -1,0 +1,402 @@
+"""Identity embeddings: the ElasticFace encoder as ONNX, batched extraction, ADMIS embedding files.
+
+The generative stage conditions on one L2-normalised ElasticFace-Arc (iresnet100) embedding per
+image (specs/generative.md §10–§11). Extraction runs under ONNX Runtime (DESIGN.md §4): one exported
+file serves the CPU provider on a laptop and the CUDA provider on a GPU node, with no torch model
+code at extraction time. In the demo world the recognition backbone trained there plays
+ElasticFace's role through the same two steps.
+
+Files:
+- `export_onnx`: `<weights>` + `<weights>.json` spec → `model.onnx` (raw embedding, dynamic batch)
+  and `model.onnx.json` (input size, normalisation, parity figures).
+- `extract_embeddings`: manifest → `embeddings.npy` (N × D float32, unit rows) + `names.txt`
+  (manifest-relative paths, same order), the one link between an image and its row
+  (generative.md §20, gap 9).
+- `read_admis_embeddings` / `write_admis_embeddings`: ADMIS's `elastic_embed.npy` +
+  `image_names.pkl` (§10.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms.v2 import functional as tvf
+
+from synface import runtime
+from synface.io.manifest import read_manifest
+from synface.models.spec import load_backbone
+from synface.recognition.data import normalize
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "embeddings"
+EMBEDDINGS_FILE = "embeddings.npy"
+NAMES_FILE = "names.txt"
+LOG_EVERY_BATCHES = 50
+
+# Parity inputs: two batch sizes, so the check also covers the dynamic batch axis.
+PARITY_BATCH_SIZES = (1, 4)
+PARITY_SEED = 0
+# Gates on the L2-normalised embeddings, the quantity extraction writes.
+PARITY_MAX_ABS_DIFF = 1e-4
+PARITY_MIN_COSINE = 0.9999
+
+# ADMIS's image_names.pkl is a plain list of str (generative.md §10.1); protocol 4 is readable
+# by every Python 3 the reference runs on.
+ADMIS_PICKLE_PROTOCOL = 4
+
+# ElasticFace / insightface input normalisation (recognition.md §11): (x − 127.5) / 127.5.
+NORMALISATION = "(x - 127.5) / 127.5, RGB, NCHW float32"
+
+
+class OnnxParityError(RuntimeError):
+    """ONNX Runtime and torch disagree on the exported model's embeddings."""
+
+
+class UnsafePickleError(ValueError):
+    """A names pickle refers to a global; it was refused, not executed."""
+
+
+@dataclass(frozen=True)
+class Parity:
+    """ONNX Runtime (CPU) vs torch on the same seeded inputs, over all parity batches.
+
+    `max_abs_diff` and `min_cosine` compare L2-normalised embeddings and are the gated figures;
+    `raw_max_abs_diff` compares the raw outputs, whose scale `raw_max_abs` gives.
+    """
+
+    batch_sizes: tuple[int, ...]
+    max_abs_diff: float
+    min_cosine: float
+    raw_max_abs_diff: float
+    raw_max_abs: float
+
+
+def export_onnx(
+    weights: Path,
+    onnx_out: Path,
+    threads: int = 1,
+    max_abs_diff: float = PARITY_MAX_ABS_DIFF,
+    min_cosine: float = PARITY_MIN_COSINE,
+) -> Parity:
+    """Export the backbone of `weights` (+ its `.json` spec) to ONNX and prove parity.
+
+    The model maps (batch, 3, s, s) float32 in [-1, 1] to raw (batch, D) embeddings; extraction
+    normalises. Exporter: `torch.onnx.export(dynamo=True)`, the torch.export-based exporter that
+    torch ≥ 2.9 uses by default; the TorchScript exporter (`dynamo=False`) still works on torch
+    2.14.1 but warns that it will be removed. Weights are embedded in the one file
+    (`external_data=False`, fine below ONNX's 2 GB limit; iresnet100 is 261 MB), so the file can be
+    moved atomically.
+
+    The file is written under a temporary name and only moved to `onnx_out` once ONNX Runtime
+    reproduces torch within `max_abs_diff` and `min_cosine`; otherwise `OnnxParityError` is raised
+    and nothing is left at `onnx_out`. `onnx_out` + ".json" records the input contract and the
+    figures.
+    """
+    weights, onnx_out = Path(weights), Path(onnx_out)
+    runtime.set_threads(threads)
+    model, input_size = load_backbone(weights)
+    spec = json.loads(weights.with_suffix(".json").read_text())
+    with _atomic(onnx_out) as tmp:
+        _export(model, input_size, tmp)
+        parity = _check_parity(model, input_size, tmp, threads)
+        log.info("ONNX Runtime vs torch for %s: %s", weights, parity)
+        if parity.max_abs_diff > max_abs_diff or parity.min_cosine < min_cosine:
+            raise OnnxParityError(
+                f"{weights}: the ONNX export disagrees with torch (normalised max |diff| "
+                f"{parity.max_abs_diff:.3g} > {max_abs_diff:g} or cosine {parity.min_cosine:.6f} "
+                f"< {min_cosine}); {onnx_out} was not written. Check the architecture spec "
+                f"{weights.with_suffix('.json')} and the torch / onnxscript / onnxruntime versions"
+            )
+
+    info = {
+        "onnx": onnx_out.name,
+        "weights": str(weights),
+        "architecture": spec,
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch", 3, input_size, input_size],
+            "normalisation": NORMALISATION,
+            "resize": f"bilinear, antialiased, to {input_size}x{input_size} when sizes differ",
+        },
+        "output": {"name": OUTPUT_NAME, "l2_normalised": False},
+        "parity": asdict(parity)
+        | {"gate_max_abs_diff": max_abs_diff, "gate_min_cosine": min_cosine},
+    }
+    with _atomic(_onnx_info_path(onnx_out)) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+    return parity
+
+
+def _onnx_info_path(onnx_out: Path) -> Path:
+    # `model.onnx.json`, not `model.json`: the latter could be a weights spec in the same folder.
+    return onnx_out.with_name(onnx_out.name + ".json")
+
+
+def _export(model: torch.nn.Module, input_size: int, path: Path) -> None:
+    # Batch 2 as the example: torch.export specialises sizes 0 and 1, which would pin the axis.
+    example = torch.zeros(2, 3, input_size, input_size)
+    batch = torch.export.Dim("batch")
+    torch.onnx.export(
+        model,
+        (example,),
+        path,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        dynamo=True,
+        external_data=False,
+    )
+
+
+def _check_parity(model: torch.nn.Module, input_size: int, onnx_path: Path, threads: int) -> Parity:
+    """Run both on seeded uniform [-1, 1) inputs (the normalised image range)."""
+    session = _cpu_session(onnx_path, threads)
+    generator = torch.Generator().manual_seed(PARITY_SEED)
+    abs_diff, cosine, raw_diff, raw_max = 0.0, 1.0, 0.0, 0.0
+    for batch_size in PARITY_BATCH_SIZES:
+        x = torch.rand(batch_size, 3, input_size, input_size, generator=generator) * 2 - 1
+        with torch.inference_mode():
+            expected = model(x).double().numpy()
+        actual = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0].astype(np.float64)
+        if actual.shape != expected.shape:
+            raise OnnxParityError(
+                f"{onnx_path}: ONNX output shape {actual.shape} != torch's {expected.shape} "
+                f"at batch size {batch_size}"
+            )
+        unit_actual, unit_expected = _l2_normalise(actual), _l2_normalise(expected)
+        abs_diff = max(abs_diff, float(np.abs(unit_actual - unit_expected).max()))
+        cosine = min(cosine, float((unit_actual * unit_expected).sum(axis=1).min()))
+        raw_diff = max(raw_diff, float(np.abs(actual - expected).max()))
+        raw_max = max(raw_max, float(np.abs(expected).max()))
+    return Parity(PARITY_BATCH_SIZES, abs_diff, cosine, raw_diff, raw_max)
+
+
+def _cpu_session(onnx_path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(onnx_path), _session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
+def _session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # One pool: a second busy pool on the job's cores only oversubscribes them (runtime.py).
+    options.inter_op_num_threads = 1
+    return options
+
+
+def _extraction_session(onnx_model: Path, threads: int) -> Any:
+    """CUDA provider when ORT has it and a GPU is present, else CPU (DESIGN.md §4)."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
+        # onnxruntime-gpu loads cuDNN/cuBLAS from the nvidia wheels torch also uses.
+        ort.preload_dlls()
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(onnx_model), _session_options(threads), providers=providers)
+    log.info("ONNX Runtime providers for %s: %s", onnx_model, session.get_providers())
+    return session
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class ExtractionSummary:
+    """What `extract_embeddings` wrote."""
+
+    count: int
+    dim: int
+    input_size: int
+    providers: tuple[str, ...]
+
+
+def extract_embeddings(
+    onnx_model: Path, manifest: Path, out_dir: Path, batch_size: int, threads: int
+) -> ExtractionSummary:
+    """Embed every manifest image; write `embeddings.npy` (N × D float32) and `names.txt`.
+
+    Preprocessing follows ElasticFace as ADMIS applies it (generative.md §11): RGB, (x − 127.5) /
+    127.5, then a bilinear resize to the model's input size when the image differs (128-px CASIA
+    → 112), single view (no flip), and each output row L2-normalised. Row i is manifest line i;
+    `names.txt` line i is its path relative to the manifest's folder. Both files are written
+    under temporary names and renamed, so an interrupted job leaves no partial output.
+    """
+    onnx_model, manifest, out_dir = Path(onnx_model), Path(manifest), Path(out_dir)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    runtime.set_threads(threads)
+    entries = read_manifest(manifest)
+    if not entries:
+        raise ValueError(f"{manifest}: the manifest lists no images")
+    session = _extraction_session(onnx_model, threads)
+    input_size, dim = _model_io(session, onnx_model)
+    paths = [entry.path for entry in entries]
+    names = [Path(os.path.relpath(path, manifest.parent)).as_posix() for path in paths]
+
+    load = _ImageLoader(input_size)
+
+    with _atomic(out_dir / EMBEDDINGS_FILE) as tmp:
+        # A memory map of the final array: N × D never has to fit in RAM (CASIA: 490k rows).
+        rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), dim))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, len(paths), batch_size):
+                batch = list(pool.map(load, paths[start : start + batch_size]))
+                raw = session.run([OUTPUT_NAME], {INPUT_NAME: torch.stack(batch).numpy()})[0]
+                rows[start : start + len(batch)] = _l2_normalise(raw.astype(np.float64))
+                if (start // batch_size) % LOG_EVERY_BATCHES == 0:
+                    log.info("embedded %d / %d images", start + len(batch), len(paths))
+        rows.flush()
+        del rows
+    with _atomic(out_dir / NAMES_FILE) as tmp:
+        tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    summary = ExtractionSummary(len(paths), dim, input_size, tuple(session.get_providers()))
+    log.info("wrote %s", summary)
+    return summary
+
+
+def _model_io(session: Any, onnx_model: Path) -> tuple[int, int]:
+    """Input side and embedding width from the graph, which `export_onnx` leaves static."""
+    (inputs,), (outputs,) = session.get_inputs(), session.get_outputs()
+    in_shape, out_shape = inputs.shape, outputs.shape
+    if inputs.name != INPUT_NAME or len(in_shape) != 4 or not isinstance(in_shape[2], int):
+        raise ValueError(
+            f"{onnx_model}: expected input '{INPUT_NAME}' of shape (batch, 3, s, s), got "
+            f"'{inputs.name}' {in_shape}; export the model with `synface export-embedding-model`"
+        )
+    if len(out_shape) != 2 or not isinstance(out_shape[1], int):
+        raise ValueError(f"{onnx_model}: expected a (batch, D) output, got {out_shape}")
+    return in_shape[2], out_shape[1]
+
+
+class _ImageLoader:
+    """Path → normalised (3, s, s) float32 tensor, ElasticFace style (generative.md §11)."""
+
+    def __init__(self, input_size: int) -> None:
+        self.input_size = input_size
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        try:
+            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        except (RuntimeError, OSError) as error:
+            raise ValueError(f"{path}: cannot read the image ({error})") from error
+        x = normalize(image)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            # Normalise first, then resize the float tensor, as ADMIS does (§11 step 2).
+            x = tvf.resize(x, [self.input_size, self.input_size], antialias=True)
+        return x
+
+
+def read_embeddings(out_dir: Path) -> tuple[np.ndarray, list[str]]:
+    """Read what `extract_embeddings` wrote: (N × D float32, N manifest-relative names)."""
+    out_dir = Path(out_dir)
+    embeddings = np.load(out_dir / EMBEDDINGS_FILE, allow_pickle=False)
+    names = (out_dir / NAMES_FILE).read_text(encoding="utf-8").splitlines()
+    _check_rows(embeddings, names, out_dir / EMBEDDINGS_FILE, out_dir / NAMES_FILE)
+    return embeddings, names
+
+
+class _NamesUnpickler(pickle.Unpickler):
+    """A pickled list of str needs no global at all, so every global is refused unexecuted."""
+
+    def __init__(self, file: IO[bytes], path: Path) -> None:
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise UnsafePickleError(
+            f"{self._path}: refused to load global '{module}.{name}'; an ADMIS image_names.pkl "
+            f"is a plain list of str and needs none, so this file is not one. Re-create it from "
+            f"trusted names with synface.embeddings.write_admis_embeddings"
+        )
+
+
+def read_admis_embeddings(embed_npy: Path, names_pkl: Path) -> tuple[np.ndarray, list[str]]:
+    """ADMIS's `elastic_embed.npy` (N × 512) and `image_names.pkl` (N relative paths), §10.1.
+
+    The names pickle comes with a third-party download and unpickling can run code, so it goes
+    through an unpickler that resolves no globals (DESIGN.md §6).
+    """
+    embed_npy, names_pkl = Path(embed_npy), Path(names_pkl)
+    try:
+        embeddings = np.load(embed_npy, allow_pickle=False)
+    except ValueError as error:
+        raise ValueError(
+            f"{embed_npy}: not a plain numpy array file ({error}); IDiff-Face's torch-pickled "
+            f"'.npy' files are a different format (generative.md §10.2)"
+        ) from error
+    with names_pkl.open("rb") as f:
+        try:
+            names = _NamesUnpickler(f, names_pkl).load()
+        except (EOFError, pickle.UnpicklingError, UnicodeDecodeError) as error:
+            raise ValueError(f"{names_pkl}: not a readable pickle ({error})") from error
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{names_pkl}: expected a pickled list of str (relative image paths)")
+    _check_rows(embeddings, names, embed_npy, names_pkl)
+    return embeddings.astype(np.float32, copy=False), names
+
+
+def write_admis_embeddings(
+    embeddings: np.ndarray, names: Sequence[str], embed_npy: Path, names_pkl: Path
+) -> None:
+    """Write the ADMIS pair (§10.1) so the reference's `CASIA_file` dataset reads our embeddings."""
+    embed_npy, names_pkl = Path(embed_npy), Path(names_pkl)
+    names = [str(name) for name in names]
+    _check_rows(embeddings, names, embed_npy, names_pkl)
+    with _atomic(embed_npy) as tmp, tmp.open("wb") as f:
+        # A file object: given a path without ".npy", np.save would append one.
+        np.save(f, np.asarray(embeddings, dtype=np.float32))
+    with _atomic(names_pkl) as tmp, tmp.open("wb") as f:
+        pickle.dump(names, f, protocol=ADMIS_PICKLE_PROTOCOL)
+
+
+def _check_rows(
+    embeddings: np.ndarray, names: Sequence[str], embed: Path, names_file: Path
+) -> None:
+    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
+        raise ValueError(
+            f"{embed}: expected a 2-D float array (N, D), got {embeddings.dtype} {embeddings.shape}"
+        )
+    if embeddings.shape[0] != len(names):
+        raise ValueError(
+            f"{embed} has {embeddings.shape[0]} rows but {names_file} lists {len(names)} names; "
+            f"they must be index-aligned: re-extract both together"
+        )
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary path in `path`'s folder, renamed onto `path` if the block succeeds.
+
+    An interrupted or failed job then leaves the old file or none, never a truncated one
+    (DESIGN.md §2).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Named like checkpoint.atomic_save's (not mkstemp, whose 0600 mode would survive the rename).
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

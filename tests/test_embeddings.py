@@ -1,0 +1,239 @@
+"""Embedding model export (ONNX parity, dynamic batch), extraction, and ADMIS embedding files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+from reference_weights import fill_state_dict, manifest
+from torchvision.transforms.v2 import functional as tvf
+
+from synface import embeddings
+from synface.cli import main
+from synface.demo_world.render import (
+    NuisanceStrength,
+    render_face,
+    sample_identity,
+    sample_nuisance,
+)
+from synface.embeddings import (
+    OnnxParityError,
+    Parity,
+    UnsafePickleError,
+    extract_embeddings,
+    read_admis_embeddings,
+    read_embeddings,
+    write_admis_embeddings,
+)
+from synface.models import build_model
+
+# A narrow iresnet at demo resolution: the real export path at a fraction of the cost.
+SPEC = {
+    "name": "iresnet",
+    "args": {"depth": 18, "input_size": 32, "channels": [8, 16, 32, 64], "num_features": 64},
+}
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
+    """Weights + spec of a backbone with non-trivial BN statistics (the fixtures' fill rule)."""
+    folder = tmp_path_factory.mktemp("backbone")
+    model = build_model(SPEC["name"], **SPEC["args"])
+    model.load_state_dict(fill_state_dict(manifest(model), seed=3, gain=0.7), strict=True)
+    weights = folder / "backbone.pth"
+    torch.save(model.state_dict(), weights)
+    weights.with_suffix(".json").write_text(json.dumps(SPEC))
+    return weights, model.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_model(backbone) -> Path:
+    weights, _ = backbone
+    out = weights.parent / "onnx" / "model.onnx"
+    main(["export-embedding-model", "--weights", str(weights), "--out", str(out)])
+    return out
+
+
+def _faces(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Demo-world faces with mild nuisances: realistic inputs for the parity check."""
+    rng = np.random.default_rng(seed)
+    strength = NuisanceStrength.uniform(0.5)
+    return [
+        render_face(sample_identity(rng), sample_nuisance(rng, strength), size)
+        for _ in range(count)
+    ]
+
+
+def _write_dataset(root: Path, faces: list[np.ndarray]) -> Path:
+    """PNG (lossless) faces in images/<identity>/<n>.png and a manifest in a shuffled order."""
+    lines = []
+    for i, face in enumerate(faces):
+        path = root / "images" / f"{i % 3:03d}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(face).save(path)
+        lines.append(f"images/{i % 3:03d}/{i}.png\t{i % 3}")
+    manifest_path = root / "manifest.tsv"
+    manifest_path.write_text("\n".join(reversed(lines)) + "\n")
+    return manifest_path
+
+
+def _torch_embeddings(model: torch.nn.Module, faces: list[np.ndarray]) -> np.ndarray:
+    x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if x.shape[-1] != SIZE:
+        x = tvf.resize(x, [SIZE, SIZE], antialias=True)
+    with torch.no_grad():
+        return torch.nn.functional.normalize(model(x), dim=1).double().numpy()
+
+
+def test_export_records_passing_parity_and_the_input_contract(onnx_model):
+    info = json.loads(onnx_model.with_name("model.onnx.json").read_text())
+    parity = info["parity"]
+    assert parity["max_abs_diff"] <= 1e-4
+    assert parity["min_cosine"] >= 0.9999
+    assert parity["batch_sizes"] == [1, 4]
+    assert info["input"]["shape"] == ["batch", 3, SIZE, SIZE]
+    assert info["architecture"] == SPEC
+    # Only the two outputs: the temporary export was renamed, not left behind.
+    assert sorted(p.name for p in onnx_model.parent.iterdir()) == ["model.onnx", "model.onnx.json"]
+
+
+def test_onnx_runs_at_any_batch_size(onnx_model, backbone):
+    _, model = backbone
+    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    for batch_size in (1, 5):
+        x = torch.rand(batch_size, 3, SIZE, SIZE, generator=generator) * 2 - 1
+        (actual,) = session.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            expected = model(x).numpy()
+        assert actual.shape == (batch_size, 64)
+        assert np.abs(actual - expected).max() <= 1e-4
+
+
+def test_extraction_matches_torch_on_demo_faces_in_manifest_order(onnx_model, backbone, tmp_path):
+    _, model = backbone
+    faces = _faces(7, SIZE)
+    manifest_path = _write_dataset(tmp_path / "data", faces)
+    out = tmp_path / "emb"
+
+    args = ["extract-embeddings", "--model", str(onnx_model), "--manifest", str(manifest_path)]
+    main([*args, "--out-dir", str(out), "--batch-size", "3", "--threads", "1"])
+    rows, names = read_embeddings(out)
+
+    # The manifest lists the faces in reverse; rows and names follow the manifest.
+    order = list(reversed(range(len(faces))))
+    assert names == [f"images/{i % 3:03d}/{i}.png" for i in order]
+    assert rows.dtype == np.float32
+    assert rows.shape == (7, 64)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-6)
+    expected = _torch_embeddings(model, [faces[i] for i in order])
+    assert np.abs(rows - expected).max() <= 1e-4
+    assert (rows * expected).sum(axis=1).min() >= 0.9999
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "names.txt"]
+
+
+def test_batch_size_does_not_change_the_embeddings(onnx_model, tmp_path):
+    manifest_path = _write_dataset(tmp_path / "data", _faces(5, SIZE, seed=1))
+    one = extract_embeddings(onnx_model, manifest_path, tmp_path / "a", batch_size=1, threads=1)
+    extract_embeddings(onnx_model, manifest_path, tmp_path / "b", batch_size=4, threads=1)
+    assert one.count == 5
+    assert one.providers[-1] == "CPUExecutionProvider"
+    a, _ = read_embeddings(tmp_path / "a")
+    b, _ = read_embeddings(tmp_path / "b")
+    assert np.abs(a - b).max() <= 1e-6
+
+
+def test_larger_images_are_resized_to_the_model_input(onnx_model, backbone, tmp_path):
+    _, model = backbone
+    faces = _faces(2, 48, seed=2)
+    manifest_path = _write_dataset(tmp_path / "data", faces)
+    summary = extract_embeddings(onnx_model, manifest_path, tmp_path / "emb", 2, threads=1)
+    rows, _ = read_embeddings(tmp_path / "emb")
+    assert summary.input_size == SIZE
+    assert np.abs(rows - _torch_embeddings(model, faces[::-1])).max() <= 1e-4
+
+
+def test_an_unreadable_image_is_named(onnx_model, tmp_path):
+    manifest_path = _write_dataset(tmp_path / "data", _faces(1, SIZE))
+    (tmp_path / "data" / "images" / "000" / "0.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"0\.png: cannot read the image"):
+        extract_embeddings(onnx_model, manifest_path, tmp_path / "emb", 1, threads=1)
+    assert not (tmp_path / "emb" / "embeddings.npy").exists()
+
+
+def test_a_parity_failure_leaves_no_model(backbone, tmp_path, monkeypatch):
+    weights, _ = backbone
+    bad = Parity((1, 4), max_abs_diff=3e-2, min_cosine=0.99, raw_max_abs_diff=1.0, raw_max_abs=9.0)
+    monkeypatch.setattr(embeddings, "_export", lambda model, size, path: path.write_bytes(b"x"))
+    monkeypatch.setattr(embeddings, "_check_parity", lambda *args: bad)
+    out = tmp_path / "model.onnx"
+    with pytest.raises(OnnxParityError, match=r"backbone\.pth: the ONNX export disagrees"):
+        embeddings.export_onnx(weights, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_admis_files_round_trip(tmp_path):
+    rows = np.random.default_rng(0).normal(size=(3, 512)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    names = ["0000045/001.jpg", "0000045/002.jpg", "0000099/001.jpg"]
+    npy, pkl = tmp_path / "elastic_embed.npy", tmp_path / "image_names.pkl"
+
+    write_admis_embeddings(rows, names, npy, pkl)
+    loaded, loaded_names = read_admis_embeddings(npy, pkl)
+
+    assert loaded_names == names
+    assert np.array_equal(loaded, rows)
+    # The reference reads them with plain numpy and pickle (generative.md §10.1).
+    assert pickle.loads(pkl.read_bytes()) == names
+    assert np.array_equal(np.load(npy), rows)
+
+
+def test_admis_row_count_mismatch_names_both_files(tmp_path):
+    npy, pkl = tmp_path / "elastic_embed.npy", tmp_path / "image_names.pkl"
+    np.save(npy, np.zeros((2, 512), np.float32))
+    pkl.write_bytes(pickle.dumps(["a.jpg"]))
+    with pytest.raises(ValueError, match=r"elastic_embed\.npy has 2 rows but .*image_names\.pkl"):
+        read_admis_embeddings(npy, pkl)
+
+
+def test_admis_names_must_be_a_list_of_str(tmp_path):
+    npy, pkl = tmp_path / "elastic_embed.npy", tmp_path / "image_names.pkl"
+    np.save(npy, np.zeros((1, 512), np.float32))
+    pkl.write_bytes(pickle.dumps([b"a.jpg"]))
+    with pytest.raises(ValueError, match=r"image_names\.pkl: expected a pickled list of str"):
+        read_admis_embeddings(npy, pkl)
+
+
+class _Payload:
+    """What a malicious names file would carry: unpickling it creates `sentinel`."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (Path.touch, (self.sentinel,))
+
+
+def test_a_malicious_names_pickle_is_refused_unexecuted(tmp_path):
+    sentinel = tmp_path / "pwned"
+    npy, pkl = tmp_path / "elastic_embed.npy", tmp_path / "image_names.pkl"
+    np.save(npy, np.zeros((2, 512), np.float32))
+    payload = pickle.dumps(["a.jpg", _Payload(sentinel)], protocol=4)
+    pkl.write_bytes(payload)
+
+    with pytest.raises(
+        UnsafePickleError, match=r"image_names\.pkl: refused to load global .*touch"
+    ):
+        read_admis_embeddings(npy, pkl)
+    assert not sentinel.exists()
+
+    # The payload is live: a plain unpickler runs it.
+    pickle.loads(payload)
+    assert sentinel.exists()
