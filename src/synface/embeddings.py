@@ -31,13 +31,11 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms.v2 import functional as tvf
 
 from synface import runtime
+from synface.io.images import ImageLoader
 from synface.io.manifest import read_manifest
 from synface.models.spec import load_backbone
-from synface.recognition.data import normalize
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +253,7 @@ def extract_embeddings(
     paths = [entry.path for entry in entries]
     names = [Path(os.path.relpath(path, manifest.parent)).as_posix() for path in paths]
 
-    load = _ImageLoader(input_size)
+    load = ImageLoader(input_size)
 
     with _atomic(out_dir / EMBEDDINGS_FILE) as tmp:
         # A memory map of the final array: N × D never has to fit in RAM (CASIA: 490k rows).
@@ -288,24 +286,6 @@ def _model_io(session: Any, onnx_model: Path) -> tuple[int, int]:
     if len(out_shape) != 2 or not isinstance(out_shape[1], int):
         raise ValueError(f"{onnx_model}: expected a (batch, D) output, got {out_shape}")
     return in_shape[2], out_shape[1]
-
-
-class _ImageLoader:
-    """Path → normalised (3, s, s) float32 tensor, ElasticFace style (generative.md §11)."""
-
-    def __init__(self, input_size: int) -> None:
-        self.input_size = input_size
-
-    def __call__(self, path: Path) -> torch.Tensor:
-        try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as error:
-            raise ValueError(f"{path}: cannot read the image ({error})") from error
-        x = normalize(image)
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            # Normalise first, then resize the float tensor, as ADMIS does (§11 step 2).
-            x = tvf.resize(x, [self.input_size, self.input_size], antialias=True)
-        return x
 
 
 def read_embeddings(out_dir: Path) -> tuple[np.ndarray, list[str]]:

@@ -19,8 +19,9 @@ from torchvision.transforms.v2 import functional as tvf
 from synface import runtime
 from synface.evaluation.verification import kfold_accuracy
 from synface.io.binpack import read_bin
+from synface.io.images import normalize
 from synface.models.spec import load_backbone
-from synface.recognition.data import decode_batch, normalize
+from synface.recognition.data import decode_batch
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ The reference's other options ("AddPlusGN", "DiffAE") were never released or use
 Attention runs through `scaled_dot_product_attention` by default. `attention_backend="matmul"`
 selects the reference formulation (explicit scores, float32 softmax), kept as the benchmark
 baseline and as a cross-check of the fused path. Both meet the fixture tolerance in float32 on
-CPU and on CUDA with TF32 off; cuDNN's default TF32 convolutions alone move ε by about 4e-3, ten
-times the tolerance, so a GPU conformance check must disable TF32.
+CPU and on CUDA (H200) with TF32 off; with TF32 on (cuDNN's default for convolutions) ε moves by
+about 4e-3, ten times the tolerance, so a GPU conformance check must disable TF32.
 """
 
 from __future__ import annotations
@@ -303,9 +303,9 @@ class ConditionalUNet(nn.Module):
 
     The constructor takes the reference yaml keys (`configs/model/unet_cond_ca_cpd25.yaml`), so
     `build_model("idiff_unet", **yaml)` rebuilds a released model; the defaults are that yaml's
-    values. `channel_multipliers` compound
-    (96·[1, 2, 2, 2] gives 96, 192, 384, 768); `attention_heads <= 0` means one head per
-    `attention_head_channels` channels. `attention_backend` is ours, not a reference key.
+    values. `channel_multipliers` compound (96·[1, 2, 2, 2] gives 96, 192, 384, 768);
+    `attention_heads <= 0` means one head per `attention_head_channels` channels.
+    `attention_backend` is ours, not a reference key.
 
     Context handling (specs §3.2, §4.3): `context` (B, context_input_channels) is projected to the
     shared `context_channels` embedding; rows where `dropout_mask` is True are replaced by the

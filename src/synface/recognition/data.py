@@ -19,6 +19,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as tvf
 
+from synface.io.images import normalize
 from synface.io.tfrecord import IndexEntry, RecordReader, read_training_index, shard_path
 
 
@@ -61,11 +62,6 @@ def decode_batch(jpegs: Sequence[bytes]) -> list[torch.Tensor]:
     """Decode JPEGs to RGB uint8 CHW tensors in one call."""
     data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
     return decode_jpeg(data, mode=ImageReadMode.RGB)
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] → float [-1, 1], i.e. (x/255 − 0.5)/0.5 as TFace and insightface train."""
-    return images.float().div_(127.5).sub_(1.0)
 
 
 class DecodeAugmentCollate:
