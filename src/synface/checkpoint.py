@@ -38,3 +38,24 @@ def numbered_files(folder: Path, pattern: str) -> dict[int, Path]:
             if match:
                 found[int(match.group(1))] = path
     return found
+
+
+def prune_numbered(folder: Path, patterns: list[str], keep: int) -> None:
+    """Delete all but the ``keep`` highest-numbered files of each pattern.
+
+    The set kept is decided by the first pattern, so multi-file checkpoints go together.
+    """
+    kept = sorted(numbered_files(folder, patterns[0]))[-keep:]
+    for pattern in patterns:
+        for n, path in numbered_files(folder, pattern).items():
+            if n not in kept:
+                path.unlink()
+
+
+def newest_numbered(folder: Path, pattern: str) -> tuple[int, Path] | None:
+    """The highest-numbered file of ``pattern`` in ``folder``, or None."""
+    found = numbered_files(folder, pattern)
+    if not found:
+        return None
+    n = max(found)
+    return n, found[n]

@@ -89,6 +89,56 @@ def run_extract_embeddings(args: argparse.Namespace) -> None:
     extract_embeddings(args.model, args.manifest, args.out_dir, args.batch_size, args.threads)
 
 
+def run_train_autoencoder(args: argparse.Namespace) -> None:
+    from synface.ldm.first_stage import AutoencoderTrainConfig, train_autoencoder
+
+    cfg = AutoencoderTrainConfig.from_settings(args.settings)
+    train_autoencoder(args.manifest, args.out_dir, args.run_dir, cfg, args.threads)
+
+
+def run_encode_latents(args: argparse.Namespace) -> None:
+    from synface.ldm.first_stage import FirstStageSpec
+    from synface.ldm.latents import encode_latents
+
+    encode_latents(
+        args.manifest,
+        args.embeddings,
+        args.first_stage,
+        FirstStageSpec(**args.first_stage_spec),
+        args.image_size,
+        args.out_dir,
+        args.batch_size,
+        args.threads,
+    )
+
+
+def run_train_ldm(args: argparse.Namespace) -> None:
+    from synface.ldm.first_stage import FirstStageSpec
+    from synface.ldm.train import LDMTrainConfig, train_ldm
+
+    first_stage = None
+    if args.first_stage:
+        first_stage = (args.first_stage, FirstStageSpec(**args.first_stage_spec))
+    cfg = LDMTrainConfig.from_settings(args.settings)
+    train_ldm(args.latents, args.out, args.run_dir, cfg, first_stage, args.threads)
+
+
+def run_check_identity(args: argparse.Namespace) -> None:
+    from synface.ldm.first_stage import FirstStageSpec
+    from synface.ldm.identity_check import check_identity
+
+    check_identity(
+        args.ldm,
+        args.first_stage,
+        FirstStageSpec(**args.first_stage_spec),
+        args.embedding_weights,
+        args.contexts,
+        args.out,
+        threads=args.threads,
+        **args.settings,
+    )
+
+
 def run_results_table(args: argparse.Namespace) -> None:
     from synface.evaluation.table import to_markdown, write_results_table
 
@@ -156,6 +206,42 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--manifest", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True, help="embeddings.npy + names.txt")
     sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("train-autoencoder", run_train_autoencoder, "train a VQ-f4 on demo faces")
+    sub.add_argument("--manifest", type=Path, required=True)
+    sub.add_argument("--out-dir", type=Path, required=True, help="first_stage_*_state_dict.pt")
+    sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
+    sub.add_argument("--settings", type=_settings, required=True, help="first-stage config")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("encode-latents", run_encode_latents, "encode every face (and mirror) once")
+    sub.add_argument("--manifest", type=Path, required=True)
+    sub.add_argument("--embeddings", type=Path, required=True, help="extract-embeddings output")
+    sub.add_argument("--first-stage", type=Path, required=True, help="folder of the VQ-f4 files")
+    sub.add_argument("--first-stage-spec", type=_settings, required=True, help="ddconfig etc.")
+    sub.add_argument("--image-size", type=int, required=True, help="LDM input size in pixels")
+    sub.add_argument("--out-dir", type=Path, required=True)
+    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("train-ldm", run_train_ldm, "train the identity-conditioned LDM (torchrun-ready)")
+    sub.add_argument("--latents", type=Path, required=True, help="encode-latents output")
+    sub.add_argument("--out", type=Path, required=True, help="ADMIS-format EMA checkpoint")
+    sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints and previews")
+    sub.add_argument("--settings", type=_settings, required=True, help="ldm training config")
+    sub.add_argument("--first-stage", type=Path, help="VQ-f4 folder, for preview grids")
+    sub.add_argument("--first-stage-spec", type=_settings, default={})
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("check-identity", run_check_identity, "nearest-context retrieval of samples")
+    sub.add_argument("--ldm", type=Path, required=True, help="LDM checkpoint (+ .json)")
+    sub.add_argument("--first-stage", type=Path, required=True)
+    sub.add_argument("--first-stage-spec", type=_settings, required=True)
+    sub.add_argument("--embedding-weights", type=Path, required=True, help="backbone (+ .json)")
+    sub.add_argument("--contexts", type=Path, required=True, help="embeddings of held-out faces")
+    sub.add_argument("--out", type=Path, required=True, help="JSON (a PNG grid goes beside it)")
+    sub.add_argument("--settings", type=_settings, default={}, help="contexts, samples, steps")
     sub.add_argument("--threads", type=int, default=1)
 
     sub = command("results-table", run_results_table, "the paper-style results table")

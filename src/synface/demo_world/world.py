@@ -145,6 +145,9 @@ class DemoWorldConfig:
     image_size: int = 32
     train_identities: int = 300
     images_per_identity: int = 20
+    # People outside training and the packs, one neutral face each: the held-out contexts of
+    # the generator's identity check.
+    heldout_identities: int = 100
     num_identity_factors: int = len(IDENTITY_FACTORS)
     train_nuisance: NuisanceStrength = DEFAULT_TRAIN_NUISANCE
     benchmarks: Mapping[str, BenchmarkSpec] = field(
@@ -156,6 +159,7 @@ class DemoWorldConfig:
         _check_int("image_size", self.image_size, 8)
         _check_int("train_identities", self.train_identities, 1)
         _check_int("images_per_identity", self.images_per_identity, 1)
+        _check_int("heldout_identities", self.heldout_identities, 0)
         _check_int("num_identity_factors", self.num_identity_factors, 0)
         if self.num_identity_factors > len(IDENTITY_FACTORS):
             raise ValueError(
@@ -233,6 +237,15 @@ def benchmark_identity(cfg: DemoWorldConfig, pack: str, index: int) -> Identity:
     return sample_identity(
         _rng(cfg.seed, f"benchmark/{pack}/identity", index), cfg.num_identity_factors
     )
+
+
+def heldout_identity(cfg: DemoWorldConfig, index: int) -> Identity:
+    """Held-out identity `index`: a stream of its own, disjoint from training and the packs."""
+    return sample_identity(_rng(cfg.seed, "heldout/identity", index), cfg.num_identity_factors)
+
+
+def _render_heldout_face(cfg: DemoWorldConfig, index: int) -> bytes:
+    return _encode(render_face(heldout_identity(cfg, index), Nuisance(), cfg.image_size))
 
 
 def _encode(image: np.ndarray) -> bytes:
@@ -374,6 +387,21 @@ def _write_train(cfg: DemoWorldConfig, out_dir: Path, pool_map: Callable[..., li
     return len(lines)
 
 
+def _write_heldout(cfg: DemoWorldConfig, out_dir: Path, pool_map: Callable[..., list[Any]]) -> int:
+    """Write heldout/images/<id>/0.jpg (neutral pose and light) and its manifest."""
+    folder = out_dir / "heldout"
+    faces = pool_map(partial(_render_heldout_face, cfg), list(range(cfg.heldout_identities)))
+    lines = []
+    for label, data in enumerate(faces):
+        relative = Path("images") / f"{label:05d}" / "0.jpg"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relative).write_bytes(data)
+        lines.append(f"{relative.as_posix()}\t{label}\n")
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / "manifest.tsv", "".join(lines).encode())
+    return len(lines)
+
+
 def build_demo_world(cfg: DemoWorldConfig, out_dir: Path, workers: int = 1) -> dict[str, Any]:
     """Render the world into out_dir; returns what world.json records (config and counts).
 
@@ -387,6 +415,7 @@ def build_demo_world(cfg: DemoWorldConfig, out_dir: Path, workers: int = 1) -> d
     packs = {}
     with _pool_map(workers) as pool_map:
         train_images = _write_train(cfg, out_dir, pool_map)
+        heldout_images = _write_heldout(cfg, out_dir, pool_map)
         log.info(
             "demo world: %d training images in %.1f s", train_images, time.perf_counter() - started
         )
@@ -404,6 +433,7 @@ def build_demo_world(cfg: DemoWorldConfig, out_dir: Path, workers: int = 1) -> d
         "counts": {
             "train_identities": cfg.train_identities,
             "train_images": train_images,
+            "heldout_identities": heldout_images,
             "benchmarks": packs,
         },
         "varying_identity_factors": list(IDENTITY_FACTORS[: cfg.num_identity_factors]),

@@ -146,11 +146,7 @@ def _save_checkpoint(
         "VERSION": __version__,
     }
     checkpoint.atomic_save(meta, run_dir / META_FILE.format(n=epoch))
-    keep = sorted(checkpoint.numbered_files(run_dir, META_FILE))[-cfg.keep_checkpoints :]
-    for pattern in (BACKBONE_FILE, HEAD_FILE, META_FILE):
-        for n, path in checkpoint.numbered_files(run_dir, pattern).items():
-            if n not in keep:
-                path.unlink()
+    checkpoint.prune_numbered(run_dir, [META_FILE, BACKBONE_FILE, HEAD_FILE], cfg.keep_checkpoints)
 
 
 def _resume(

@@ -1,0 +1,1 @@
+"""The identity-conditioned latent diffusion model: first stage, latents, training, sampling."""
