@@ -23,6 +23,9 @@ include: "rules/datasets.smk"
 include: "rules/packing.smk"
 include: "rules/recognition.smk"
 include: "rules/evaluation.smk"
+include: "rules/embeddings.smk"
+include: "rules/ldm.smk"
+include: "rules/demo_weights.smk"
 
 
 rule all:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from common import JPEG_QUALITY, add_common_args, render_faces, report, scratch_dir
+from common import JPEG_QUALITY, add_common_args, best_of, render_faces, report, scratch_dir
 from PIL import Image
 
 from synface.io.manifest import read_manifest
@@ -58,37 +58,40 @@ def pack_synface(manifest: Path, workers: int, out_dir: Path) -> int:
     return summary.records
 
 
-def best_rate(pack: Callable[[Path], int], scratch: Path, images: int, repeats: int) -> float:
-    """Images/s of the fastest of ``repeats`` runs: on a shared machine the minimum time is the
-    figure least disturbed by other load. Every run writes a fresh folder, removed afterwards."""
-    best = float("inf")
-    for _ in range(repeats):
-        out_dir = scratch / "packed"
-        started = time.perf_counter()
-        records = pack(out_dir)
-        best = min(best, time.perf_counter() - started)
-        shutil.rmtree(out_dir)
-        if records != images:
-            raise RuntimeError(f"packed {records} records out of {images} images")
-    return images / best
+def pack_rate(pack: Callable[[Path], int], out_dir: Path, images: int) -> float:
+    """Images/s of one packing run into a fresh ``out_dir``, which is removed afterwards."""
+    started = time.perf_counter()
+    records = pack(out_dir)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(out_dir)
+    if records != images:
+        raise RuntimeError(f"packed {records} records out of {images} images")
+    return images / elapsed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser, images=3000, identities=300)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per packer; best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each packer's best counts")
     args = parser.parse_args()
 
     with scratch_dir() as scratch:
         manifest = render_faces(
             scratch / "faces", args.images, args.identities, FACE_SIZE, args.seed, args.threads
         )
-
-        plain = best_rate(partial(pack_plain, manifest), scratch, args.images, args.repeats)
-        single = best_rate(partial(pack_synface, manifest, 1), scratch, args.images, args.repeats)
-        parallel = best_rate(
-            partial(pack_synface, manifest, args.threads), scratch, args.images, args.repeats
+        packers = {
+            "plain": partial(pack_plain, manifest),
+            "single": partial(pack_synface, manifest, 1),
+            "parallel": partial(pack_synface, manifest, args.threads),
+        }
+        rates = best_of(
+            {
+                name: partial(pack_rate, pack, scratch / "packed", args.images)
+                for name, pack in packers.items()
+            },
+            args.repeats,
         )
+    plain, single, parallel = rates["plain"], rates["single"], rates["parallel"]
 
     title = (
         f"packing {args.images} JPEG faces of {FACE_SIZE} px ({args.threads} threads, "

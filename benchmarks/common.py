@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from multiprocessing import get_context
@@ -38,7 +38,10 @@ def add_common_args(parser: argparse.ArgumentParser, images: int, identities: in
         "--identities", type=int, default=identities, help="people the faces are spread over"
     )
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="processes / torch threads"
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="render and pack processes, torch threads",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the rendered faces")
 
@@ -92,6 +95,20 @@ def scratch_dir() -> Iterator[Path]:
     """A temporary folder that is removed however the benchmark ends."""
     with TemporaryDirectory(prefix="synface-bench-") as name:
         yield Path(name)
+
+
+def best_of(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """The highest of ``repeats`` rates per measure, the measures taking turns round by round.
+
+    On a shared machine other load only ever slows a run down, so the best run is the least
+    disturbed one, and taking turns spreads a burst of load over all measures instead of
+    handicapping whichever happened to run during it.
+    """
+    best = dict.fromkeys(measures, 0.0)
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            best[name] = max(best[name], measure())
+    return best
 
 
 Row = tuple[str, float, float]

@@ -64,11 +64,14 @@ def settings(value):
 
 
 def get_final_output():
-    return [
+    outputs = [
         "results/tables/results.md",
         "results/tables/results.csv",
         "results/tables/results.json",
     ]
+    if config["ldm"]["identity_check"]["faces"]:
+        outputs.append("results/ldm/identity_check.json")
+    return outputs
 
 
 def get_demo_world_params():
@@ -126,3 +129,156 @@ def get_results_table_rows(wildcards, input):
     return " ".join(
         f"--row '{config['datasets'][name]['label']}={input[name]}'" for name in DATASETS
     )
+
+
+# --- the generative half -------------------------------------------------------------------
+
+DEMO_WEIGHTS = Path("demo_weights")
+FACESETS = [*DATASETS, "heldout"]
+
+
+wildcard_constraints:
+    faceset="|".join(FACESETS),
+
+
+def check_demo_weights():
+    """The shipped weights fit only the world and architectures they were trained for."""
+    provenance_path = DEMO_WEIGHTS / "PROVENANCE.json"
+    if not provenance_path.exists():
+        raise WorkflowError(
+            f"{provenance_path} is missing: run `make demo-weights` to make the demo weights, "
+            "or set use_demo_weights: false to train every component in the workflow"
+        )
+    recorded = json.loads(provenance_path.read_text())["config"]
+    for key in ("face_size", "demo_world", "first_stage", "ldm"):
+        mine = config.get(key)
+        theirs = recorded.get(key)
+        if key == "ldm":
+            mine = {k: mine[k] for k in ("image_size", "unet")}
+            theirs = {k: theirs[k] for k in ("image_size", "unet")}
+        elif key == "first_stage":
+            mine = {k: mine[k] for k in ("ddconfig", "embed_dim", "n_embed")}
+            theirs = {k: theirs[k] for k in ("ddconfig", "embed_dim", "n_embed")}
+        if mine != theirs:
+            raise WorkflowError(
+                f"config key '{key}' differs from the one the shipped demo weights were made "
+                f"with ({provenance_path}): restore it, set use_demo_weights: false to train "
+                "everything from scratch, or remake the weights with `make demo-weights`"
+            )
+
+
+if config["use_demo_weights"]:
+    check_demo_weights()
+
+
+def component_source(section):
+    """'demo' (shipped weights), 'trained' (made by this workflow) or 'file' (user-supplied)."""
+    return "demo" if config["use_demo_weights"] else config[section]["source"]
+
+
+def get_embedding_weights():
+    source = component_source("embedding")
+    if source == "demo":
+        return str(DEMO_WEIGHTS / "embedding" / "backbone.pth")
+    if source == "trained":
+        return f"results/recognition/{config['embedding']['dataset']}/backbone.pth"
+    return config["embedding"]["weights"]
+
+
+def get_embedding_files():
+    weights = get_embedding_weights()
+    return {"weights": weights, "spec": str(Path(weights).with_suffix(".json"))}
+
+
+def get_first_stage_dir():
+    source = component_source("first_stage")
+    if source == "demo":
+        return str(DEMO_WEIGHTS / "first_stage")
+    if source == "trained":
+        return "results/first_stage"
+    return config["first_stage"]["path"]
+
+
+def get_first_stage_files(wildcards):
+    folder = Path(get_first_stage_dir())
+    return {
+        "encoder": str(folder / "first_stage_encoder_state_dict.pt"),
+        "decoder": str(folder / "first_stage_decoder_state_dict.pt"),
+    }
+
+
+def get_first_stage_spec():
+    return settings({k: config["first_stage"][k] for k in ("ddconfig", "embed_dim", "n_embed")})
+
+
+def get_ldm_checkpoint():
+    source = component_source("ldm")
+    if source == "demo":
+        return str(DEMO_WEIGHTS / "ldm" / "ema_averaged_model.ckpt")
+    if source == "trained":
+        return "results/ldm/ema_averaged_model.ckpt"
+    return config["ldm"]["checkpoint"]
+
+
+def get_faceset_manifest(wildcards):
+    if wildcards.faceset == "heldout":
+        faces = config["ldm"]["identity_check"]["faces"]
+        return "results/demo_world/heldout/manifest.tsv" if faces == "demo" else faces
+    return f"results/datasets/{wildcards.faceset}/manifest.tsv"
+
+
+def get_train_autoencoder_params():
+    first_stage = config["first_stage"]
+    spec = {k: first_stage[k] for k in ("ddconfig", "embed_dim", "n_embed")}
+    return settings(
+        {"spec": spec, "image_size": config["ldm"]["image_size"], **first_stage["train"]}
+    )
+
+
+def get_train_ldm_launcher():
+    gpus = config["ldm"]["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} --module synface.cli"
+    return "synface"
+
+
+def get_train_ldm_params():
+    return settings({"unet": config["ldm"]["unet"], **config["ldm"]["train"]})
+
+
+def get_identity_check_params():
+    check = dict(config["ldm"]["identity_check"])
+    check.pop("faces")
+    return settings(check)
+
+
+def get_demo_weights_config():
+    keys = ("face_size", "demo_world", "recognition", "embedding", "first_stage", "ldm")
+    return settings({key: config[key] for key in keys})
+
+
+def get_demo_weights_commands(wildcards):
+    """The command templates of the rules that make the shipped components, in order."""
+    names = (
+        "demo_world",
+        "dataset_manifest",
+        "pack_tfrecords",
+        "train_recognition",
+        "export_embedding_model",
+        "extract_embeddings",
+        "train_autoencoder",
+        "encode_latents",
+        "train_ldm",
+        "identity_check",
+    )
+    return settings([getattr(rules, name).rule.shellcmd for name in names])
+
+
+def get_machine_description():
+    import os
+    import platform
+
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return f"{platform.node()}: {os.cpu_count()} CPUs, {device}, torch {torch.__version__}"

@@ -2,6 +2,8 @@ rule demo_world:
     output:
         manifest="results/demo_world/train/manifest.tsv",
         images=directory("results/demo_world/train/images"),
+        heldout=directory("results/demo_world/heldout/images"),
+        heldout_manifest="results/demo_world/heldout/manifest.tsv",
         packs=expand("results/demo_world/benchmarks/{name}.bin", name=BENCHMARKS),
         info="results/demo_world/world.json",
     log:

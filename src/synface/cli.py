@@ -139,6 +139,23 @@ def run_check_identity(args: argparse.Namespace) -> None:
     )
 
 
+def run_pack_demo_weights(args: argparse.Namespace) -> None:
+    from synface.demo_weights import pack_demo_weights
+
+    commands = json.loads(args.commands.read_text()) if args.commands else []
+    pack_demo_weights(
+        args.embedding_weights,
+        args.first_stage,
+        args.ldm,
+        args.identity_check,
+        args.settings,
+        args.out,
+        commands,
+        args.benchmarks,
+        args.made_on,
+    )
+
+
 def run_results_table(args: argparse.Namespace) -> None:
     from synface.evaluation.table import to_markdown, write_results_table
 
@@ -243,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", type=Path, required=True, help="JSON (a PNG grid goes beside it)")
     sub.add_argument("--settings", type=_settings, default={}, help="contexts, samples, steps")
     sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("pack-demo-weights", run_pack_demo_weights, "ship demo weights + provenance")
+    sub.add_argument("--embedding-weights", type=Path, required=True)
+    sub.add_argument("--first-stage", type=Path, required=True)
+    sub.add_argument("--ldm", type=Path, required=True)
+    sub.add_argument("--identity-check", type=Path, required=True)
+    sub.add_argument("--settings", type=_settings, required=True, help="the config they fit")
+    sub.add_argument("--commands", type=Path, help="JSON list of the commands that made them")
+    sub.add_argument("--benchmarks", type=Path, required=True, help="Snakemake benchmark tsvs")
+    sub.add_argument("--made-on", default="", help="the machine, in words")
+    sub.add_argument("--out", type=Path, required=True)
 
     sub = command("results-table", run_results_table, "the paper-style results table")
     sub.add_argument("--row", type=_named_path, action="append", required=True)
