@@ -1,0 +1,203 @@
+"""The LDM stack: cache, training (resume after SIGKILL), EMA, sampling, identity check, and the
+shipped demo-world weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from synface.demo_world.render import Nuisance, render_face
+from synface.demo_world.world import DemoWorldConfig, heldout_identity
+from synface.ldm.ema import EMA
+from synface.ldm.first_stage import AutoencoderTrainConfig, FirstStageSpec, train_autoencoder
+from synface.ldm.identity_check import check_identity, retrieval
+from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
+from synface.ldm.sampling import image_noise, make_sampler, sample_latents
+from synface.models import build_model
+from synface.models.admis_checkpoint import admis_ddpm_scheduler
+from synface.models.spec import load_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_WEIGHTS = ROOT / "demo_weights"
+TINY_UNET = {
+    "input_channels": 3,
+    "initial_channels": 32,
+    "channel_multipliers": [1, 2],
+    "is_attention": [False, True],
+    "n_blocks_per_resolution": 1,
+    "condition_type": "AdaGN",
+    "context_channels": 64,
+}
+
+
+def _tiny_cache(folder: Path, n: int = 24) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / LATENTS_FILE, rng.normal(size=(n, 2, 3, 8, 8)).astype(np.float16))
+    contexts = rng.normal(size=(n, 512)).astype(np.float32)
+    np.save(folder / CONTEXTS_FILE, contexts / np.linalg.norm(contexts, axis=1, keepdims=True))
+    return folder
+
+
+def _train_command(cache: Path, run_dir: Path, out: Path, steps: int) -> list[str]:
+    settings = {
+        "unet": TINY_UNET,
+        "steps": steps,
+        "global_batch_size": 8,
+        "checkpoint_every": 5,
+        "log_every": 1,
+        "whole_context_dropout": 0.2,
+    }
+    return [
+        sys.executable, "-m", "synface.cli", "train-ldm",
+        "--latents", str(cache), "--out", str(out), "--run-dir", str(run_dir),
+        "--settings", json.dumps(settings), "--threads", "1",
+    ]  # fmt: skip
+
+
+def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    cache = _tiny_cache(tmp_path / "cache")
+    run_dir, out = tmp_path / "run", tmp_path / "ldm" / "model.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        _train_command(cache, run_dir, out, steps=400), env=env, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "ldm_10.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(int(p.stem.split("_")[1]) for p in run_dir.glob("ldm_*.pt"))
+    assert 10 <= killed_at < 400
+    assert not out.exists()
+    # The rerun (same command, fewer total steps to keep the test short) continues, not restarts.
+    steps = killed_at + 7
+    rerun = subprocess.run(
+        _train_command(cache, run_dir, out, steps), env=env, capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"at step {killed_at}" in rerun.stderr
+    logged = [
+        int(line.split("\t")[0].removeprefix("step="))
+        for line in (run_dir / "loss.tsv").read_text().splitlines()
+    ]
+    assert logged[-7:] == list(range(killed_at + 1, steps + 1))
+    assert json.loads(out.with_suffix(".json").read_text())["steps"] == steps
+    # Every draw depends on (seed, step) only: the resumed run equals an uninterrupted one.
+    straight = tmp_path / "straight" / "model.ckpt"
+    subprocess.run(
+        _train_command(cache, tmp_path / "run2", straight, steps), env=env, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    resumed, uninterrupted = torch.load(out), torch.load(straight)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_ema_follows_the_intended_warmup_decay_and_really_averages() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, max_decay=0.9999, power=0.75, inv_gamma=1.0)
+    assert ema.decay(0) == 0.0
+    assert ema.decay(10) == pytest.approx(1 - 11**-0.75)
+    assert ema.decay(10**9) == 0.9999
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, 10)
+    # The reference's EMA would now equal the live weights (specs §6); this one lags behind.
+    assert ema.model.weight[0, 0].item() == pytest.approx(11**-0.75)
+
+
+def test_guided_sampling_mixes_conditional_and_unconditional_predictions() -> None:
+    torch.manual_seed(0)
+    unet = build_model("idiff_unet", **TINY_UNET).eval()
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    sampler = make_sampler(dict(admis_ddpm_scheduler().config))
+    noise = image_noise(0, 3, 1, (3, 8, 8))[None]
+    assert torch.equal(noise[0], image_noise(0, 3, 1, (3, 8, 8)))
+    contexts = F.normalize(torch.randn(1, 512), dim=1)
+    plain = sample_latents(unet, sampler, noise, contexts, steps=3)
+    unguided = sample_latents(unet, sampler, noise, contexts, steps=3, guidance_scale=1.0)
+    guided = sample_latents(unet, sampler, noise, contexts, steps=3, guidance_scale=3.0)
+    unconditional = sample_latents(unet, sampler, noise, None, steps=3)
+    assert torch.equal(plain, unguided)
+    assert not torch.allclose(guided, plain)
+    assert not torch.allclose(unconditional, plain)
+
+
+def test_retrieval_counts_the_own_context_as_the_nearest() -> None:
+    contexts = torch.eye(3)
+    samples = torch.stack([contexts[0], contexts[1], contexts[1]])[:, None, :]
+    result = retrieval(samples, contexts)
+    assert result.retrieval_top1 == pytest.approx(2 / 3)
+    assert result.chance == pytest.approx(1 / 3)
+    assert result.mean_cos_own == pytest.approx(2 / 3)
+
+
+def test_the_demo_first_stage_learns_to_reconstruct(toy_manifest: Path, tmp_path: Path) -> None:
+    spec = FirstStageSpec(
+        ddconfig={
+            "double_z": False, "z_channels": 3, "resolution": 32, "in_channels": 3,
+            "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 2], "num_res_blocks": 1,
+            "attn_resolutions": [], "dropout": 0.0,
+        },
+        n_embed=64,
+    )  # fmt: skip
+    cfg = AutoencoderTrainConfig(spec=spec, batch_size=8, steps=30, lr=1e-3, log_every=10)
+    history = train_autoencoder(toy_manifest, tmp_path / "fs", tmp_path / "run", cfg)
+    assert history[-1]["mse"] < history[0]["mse"]
+    encoder, decoder = spec.load(tmp_path / "fs")
+    assert not encoder.training and not decoder.training
+
+
+def test_a_latent_cache_with_mismatched_files_is_refused(tmp_path: Path) -> None:
+    cache = _tiny_cache(tmp_path / "cache", n=4)
+    np.save(cache / CONTEXTS_FILE, np.zeros((3, 512), np.float32))
+    with pytest.raises(ValueError, match="rerun encode_latents"):
+        LatentCache.open(cache)
+
+
+def test_the_shipped_demo_weights_know_their_identity(tmp_path: Path) -> None:
+    """A smaller draw of the acceptance check (50 contexts x 10 samples in the closing note)."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    world = DemoWorldConfig.from_dict({**config["demo_world"], "image_size": config["face_size"]})
+    embedder, size = load_backbone(DEMO_WEIGHTS / "embedding" / "backbone.pth")
+    faces = torch.stack(
+        [
+            torch.from_numpy(render_face(heldout_identity(world, i), Nuisance(), size))
+            for i in range(12)
+        ]
+    )
+    with torch.inference_mode():
+        x = faces.permute(0, 3, 1, 2).float() / 127.5 - 1
+        contexts = F.normalize(embedder(x), dim=1).numpy()
+    contexts_dir = tmp_path / "contexts"
+    contexts_dir.mkdir()
+    np.save(contexts_dir / "embeddings.npy", contexts.astype(np.float32))
+    (contexts_dir / "names.txt").write_text("".join(f"{i}.jpg\n" for i in range(12)))
+    first_stage = config["first_stage"]
+    spec = FirstStageSpec(first_stage["ddconfig"], first_stage["embed_dim"], first_stage["n_embed"])
+    result = check_identity(
+        DEMO_WEIGHTS / "ldm" / "ema_averaged_model.ckpt",
+        DEMO_WEIGHTS / "first_stage",
+        spec,
+        DEMO_WEIGHTS / "embedding" / "backbone.pth",
+        contexts_dir,
+        tmp_path / "check.json",
+        num_contexts=12,
+        samples_per_context=3,
+        steps=20,
+    )
+    assert result.retrieval_top1 >= 0.5, result
+    assert result.mean_cos_own > result.mean_cos_other + 0.3, result
