@@ -16,15 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as tvf
 from torchvision.utils import save_image
 
 from synface import runtime
 from synface.embeddings import read_embeddings
-from synface.io.images import normalize, to_uint8
+from synface.ldm.faces import FaceGenerator, embed_faces
 from synface.ldm.first_stage import FirstStageSpec
-from synface.ldm.model import load_ldm
-from synface.ldm.sampling import image_noise, make_sampler, sample_latents
 from synface.models.spec import load_backbone
 
 log = logging.getLogger(__name__)
@@ -77,11 +74,9 @@ def check_identity(
     """Sample, embed, score; writes ``out_json`` and a grid of samples beside it (``.png``)."""
     runtime.set_threads(threads)
     device = runtime.pick_device()
-    unet, ldm_spec = load_ldm(ldm_checkpoint)
-    _, decoder = spec.load(first_stage_dir)
+    generator = FaceGenerator(ldm_checkpoint, first_stage_dir, spec, device)
     embedder, face_size = load_backbone(embedding_weights)
-    for module in (unet, decoder, embedder):
-        module.to(device)
+    embedder.to(device)
     all_contexts, _ = read_embeddings(contexts_dir)
     if len(all_contexts) < num_contexts:
         raise ValueError(
@@ -89,25 +84,16 @@ def check_identity(
             "the check asks for"
         )
     contexts = torch.from_numpy(np.asarray(all_contexts[:num_contexts], dtype=np.float32))
-    shape = tuple(ldm_spec["latent_shape"])
     jobs = [(i, k) for i in range(num_contexts) for k in range(samples_per_context)]
-    sampler = make_sampler(ldm_spec["scheduler"])
     embeddings, grid = [], []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        noise = torch.stack([image_noise(seed, i, k, shape) for i, k in chunk]).to(device)
-        batch_contexts = contexts[[i for i, _ in chunk]].to(device)
-        latents = sample_latents(
-            unet, sampler, noise, batch_contexts, steps=steps, guidance_scale=guidance_scale
+        images = generator.faces(
+            contexts[[i for i, _ in chunk]], chunk, seed, steps, guidance_scale
         )
-        images = to_uint8(decoder(latents))  # what a written PNG would hold
         if start == 0:
-            grid.append(images[: 8 * samples_per_context].cpu())
-        faces = normalize(images)
-        if faces.shape[-1] != face_size:
-            faces = tvf.resize(faces, [face_size, face_size], antialias=True)
-        with runtime.autocast(device):
-            embeddings.append(F.normalize(embedder(faces).float(), dim=1).cpu())
+            grid.append(images[: 8 * samples_per_context])
+        embeddings.append(embed_faces(embedder, images, face_size))
     samples = torch.cat(embeddings).view(num_contexts, samples_per_context, -1)
     result = retrieval(samples, F.normalize(contexts, dim=1))
     out_json = Path(out_json)

@@ -1,0 +1,87 @@
+"""Faces from the LDM and their embeddings: the loop that identity checks, context selection and
+synthesis share.
+
+A face is a pure function of (context, seed, identity index i, image index k): its starting
+noise is ``image_noise(seed, i, k)``, so any batching of (i, k) jobs gives the same pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import functional as tvf
+
+from synface import runtime
+from synface.io.images import normalize, to_uint8
+from synface.ldm.first_stage import FirstStageSpec
+from synface.ldm.model import load_ldm
+from synface.ldm.sampling import image_noise, make_sampler, sample_latents
+
+
+class FaceGenerator:
+    """A trained LDM with its first-stage decoder, on one device."""
+
+    def __init__(
+        self,
+        ldm_checkpoint: Path,
+        first_stage_dir: Path,
+        spec: FirstStageSpec,
+        device: torch.device,
+        sampler: str = "ddim",
+    ) -> None:
+        self.unet, ldm_spec = load_ldm(ldm_checkpoint)
+        _, self.decoder = spec.load(first_stage_dir)
+        self.unet.to(device)
+        self.decoder.to(device)
+        self.latent_shape = tuple(ldm_spec["latent_shape"])
+        self.scheduler_config = ldm_spec["scheduler"]
+        self.sampler = sampler
+        self.device = device
+
+    @torch.inference_mode()
+    def faces(
+        self,
+        contexts: torch.Tensor | None,
+        jobs: Sequence[tuple[int, int]],
+        seed: int,
+        steps: int = 50,
+        guidance_scale: float = 1.0,
+        eta: float = 0.0,
+    ) -> torch.Tensor:
+        """uint8 (len(jobs), 3, H, W) faces; ``contexts`` holds one row per job, or None for
+        the unconditional mode (the empty context)."""
+        noise = torch.stack([image_noise(seed, i, k, self.latent_shape) for i, k in jobs])
+        scheduler = make_sampler(self.scheduler_config, self.sampler)
+        latents = sample_latents(
+            self.unet,
+            scheduler,
+            noise.to(self.device),
+            None if contexts is None else contexts.to(self.device),
+            steps=steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+        )
+        with runtime.autocast(self.device):
+            images = self.decoder(latents)
+        return to_uint8(images).cpu()
+
+
+def resize_faces(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 faces at ``size`` pixels (antialiased), e.g. the LDM's 128 px to the 112 px crop."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    resized = tvf.resize(images.float(), [size, size], antialias=True)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+@torch.inference_mode()
+def embed_faces(embedder: nn.Module, images: torch.Tensor, face_size: int) -> torch.Tensor:
+    """L2-normalised single-view embeddings of uint8 faces (as ADMIS embeds contexts, §11)."""
+    device = next(embedder.parameters()).device
+    faces = normalize(resize_faces(images, face_size)).to(device)
+    with runtime.autocast(device):
+        return F.normalize(embedder(faces).float(), dim=1).cpu()
