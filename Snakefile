@@ -25,6 +25,8 @@ include: "rules/recognition.smk"
 include: "rules/evaluation.smk"
 include: "rules/embeddings.smk"
 include: "rules/ldm.smk"
+include: "rules/contexts.smk"
+include: "rules/synthesis.smk"
 include: "rules/demo_weights.smk"
 
 

@@ -33,7 +33,7 @@ def check_real_inputs():
     """Fail at start-up, before any job runs, when user-supplied data is not in place."""
     problems = []
     for name, dataset in config["datasets"].items():
-        if is_demo(dataset):
+        if dataset["source"] != "folder":
             continue
         folder = Path(dataset.get("path", ""))
         if not dataset.get("path") or not folder.is_dir():
@@ -71,6 +71,7 @@ def get_final_output():
     ]
     if config["ldm"]["identity_check"]["faces"]:
         outputs.append("results/ldm/identity_check.json")
+    outputs += [f"results/consistency/{name}.json" for name in SYNTHETIC]
     return outputs
 
 
@@ -135,10 +136,6 @@ def get_results_table_rows(wildcards, input):
 
 DEMO_WEIGHTS = Path("demo_weights")
 FACESETS = [*DATASETS, "heldout"]
-
-
-wildcard_constraints:
-    faceset="|".join(FACESETS),
 
 
 def check_demo_weights():
@@ -224,6 +221,10 @@ def get_faceset_manifest(wildcards):
     if wildcards.faceset == "heldout":
         faces = config["ldm"]["identity_check"]["faces"]
         return "results/demo_world/heldout/manifest.tsv" if faces == "demo" else faces
+    if wildcards.faceset == "candidates":
+        return "results/contexts/candidates/manifest.tsv"
+    if wildcards.faceset.startswith("synthetic_"):
+        return f"results/synthetic/{wildcards.faceset.removeprefix('synthetic_')}/manifest.tsv"
     return f"results/datasets/{wildcards.faceset}/manifest.tsv"
 
 
@@ -282,3 +283,126 @@ def get_machine_description():
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     return f"{platform.node()}: {os.cpu_count()} CPUs, {device}, torch {torch.__version__}"
+
+
+# --- synthetic people ------------------------------------------------------------------------
+
+SYNTHETIC = [n for n, d in config["datasets"].items() if d["source"] == "synthetic"]
+CONTEXT_ONLY = [n for n, d in config["datasets"].items() if d["source"] == "context_faces"]
+SOURCED = [n for n, d in config["datasets"].items() if d["source"] in ("demo", "folder")]
+FACESETS.extend(["candidates", *(f"synthetic_{name}" for name in SYNTHETIC)])
+
+
+wildcard_constraints:
+    faceset="|".join(FACESETS),
+    set="|".join(SYNTHETIC) or "^$",
+
+
+def check_synthetic_sets():
+    for name in [*SYNTHETIC, *CONTEXT_ONLY]:
+        dataset = config["datasets"][name]
+        needed = ["identities"]
+        if dataset["source"] == "synthetic":
+            needed += ["contexts", "images_per_identity"]
+        missing = [key for key in needed if key not in dataset]
+        if missing:
+            raise WorkflowError(
+                f"config key datasets.{name} (source {dataset['source']}) needs "
+                f"{', '.join(missing)}"
+            )
+
+
+check_synthetic_sets()
+
+
+def get_selected_identities():
+    """How many selected contexts the sets need: the largest set using them."""
+    sizes = [
+        config["datasets"][n]["identities"]
+        for n in [*SYNTHETIC, *CONTEXT_ONLY]
+        if config["datasets"][n].get("contexts", "selected") == "selected"
+    ]
+    return max(sizes, default=0)
+
+
+def get_uniform_identities():
+    sizes = [
+        config["datasets"][n]["identities"]
+        for n in SYNTHETIC
+        if config["datasets"][n]["contexts"] == "uniform"
+    ]
+    return max(sizes, default=0)
+
+
+def get_candidates_dir():
+    """Candidate embeddings: ADMIS's released ones for a database that ships them, else ours."""
+    if config["contexts"]["source"] == "database" and config["contexts"]["embed_npy"]:
+        return "results/contexts/candidates/imported"
+    return "results/embeddings/candidates"
+
+
+def get_make_context_candidates_args(wildcards, input):
+    contexts = config["contexts"]
+    if contexts["source"] == "database":
+        args = f"--source database --images {contexts['images']}"
+        if contexts["embed_npy"]:
+            args += (
+                f" --embed-npy {contexts['embed_npy']} --names-pkl {contexts['names_pkl']}"
+                " --embeddings-out results/contexts/candidates/imported"
+            )
+        return args
+    common = (
+        f"--count {contexts['candidates']} --seed {contexts['seed']} "
+        f"--steps {contexts['steps']} --batch-size {contexts['batch_size']} "
+        f"--face-size {config['face_size']}"
+    )
+    if contexts["generator"] == "diffusers":
+        return f"--source diffusers --model-dir {contexts['model_dir']} {common}"
+    return (
+        f"--source ldm --ldm {input.ldm} --first-stage {get_first_stage_dir()} "
+        f"--first-stage-spec '{get_first_stage_spec()}' {common}"
+    )
+
+
+def get_make_context_candidates_input(wildcards):
+    if config["contexts"]["source"] == "unconditional" and config["contexts"]["generator"] == "ldm":
+        return {"ldm": get_ldm_checkpoint(), **get_first_stage_files(wildcards)}
+    return {}
+
+
+def get_select_contexts_params():
+    return settings({"identities": get_selected_identities(), **config["contexts"]["selection"]})
+
+
+def get_set_contexts(wildcards):
+    if config["datasets"][wildcards.set]["contexts"] == "uniform":
+        return "results/contexts/uniform/contexts.npy"
+    return "results/contexts/selected/contexts.npy"
+
+
+def get_set_shards(wildcards):
+    from synface.synthesis import shard_ranges
+
+    dataset = config["datasets"][wildcards.set]
+    ranges = shard_ranges(dataset["identities"], config["synthesis"]["ids_per_shard"])
+    return [f"results/synthetic/{wildcards.set}/shards/{r.start}-{r.stop}.json" for r in ranges]
+
+
+def get_synthesis_params():
+    keys = ("seed", "sampler", "steps", "guidance_scale", "eta", "batch_size")
+    return settings({key: config["synthesis"][key] for key in keys})
+
+
+def get_set_manifest_input(wildcards):
+    inputs = {"shards": get_set_shards(wildcards)}
+    if config["datasets"][wildcards.set].get("oversample", 0):
+        inputs["faces"] = "results/contexts/selected/faces.tsv"
+    return inputs
+
+
+def get_set_manifest_args(wildcards, input):
+    dataset = config["datasets"][wildcards.set]
+    args = f"--images results/synthetic/{wildcards.set}/images"
+    if dataset.get("oversample", 0):
+        args += f" --faces {input.faces} --repeats {dataset['oversample']}"
+    return args

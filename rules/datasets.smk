@@ -7,6 +7,8 @@ rule dataset_manifest:
         "logs/dataset_manifest/{dataset}.log",
     benchmark:
         "logs/benchmarks/dataset_manifest/{dataset}.tsv"
+    wildcard_constraints:
+        dataset="|".join(SOURCED) or "^$",
     conda:
         "../envs/synface.yaml"
     threads: 1

@@ -156,6 +156,103 @@ def run_pack_demo_weights(args: argparse.Namespace) -> None:
     )
 
 
+def run_identity_consistency(args: argparse.Namespace) -> None:
+    from synface.consistency import consistency_report
+
+    consistency_report(
+        args.embeddings,
+        args.manifest,
+        args.out_json,
+        args.out_png,
+        max_impostor_pairs=args.max_impostor_pairs,
+        seed=args.seed,
+    )
+
+
+def run_synthesize(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from synface.ldm.first_stage import FirstStageSpec
+    from synface.synthesis import synthesize_shard
+
+    synthesize_shard(
+        args.ldm,
+        args.first_stage,
+        FirstStageSpec(**args.first_stage_spec),
+        np.load(args.contexts),
+        range(args.first, args.last),
+        args.images_per_identity,
+        args.out_dir,
+        args.face_size,
+        threads=args.threads,
+        done_marker=args.done_marker,
+        **args.settings,
+    )
+
+
+def run_make_contexts(args: argparse.Namespace) -> None:
+    from synface import contexts
+    from synface.ldm.first_stage import FirstStageSpec
+
+    if args.source == "uniform":
+        contexts.write_uniform_contexts(args.out_dir, args.count, args.dim, args.seed)
+    elif args.source == "database":
+        contexts.database_manifest(args.images, args.out_dir / "manifest.tsv")
+        if args.embed_npy:
+            contexts.import_admis_embeddings(
+                args.embed_npy, args.names_pkl, args.out_dir / "manifest.tsv", args.embeddings_out
+            )
+    elif args.source == "ldm":
+        contexts.generate_ldm_faces(
+            args.ldm,
+            args.first_stage,
+            FirstStageSpec(**args.first_stage_spec),
+            args.count,
+            args.out_dir,
+            args.face_size,
+            args.seed,
+            args.steps,
+            args.batch_size,
+            args.threads,
+        )
+    else:
+        contexts.generate_diffusers_faces(
+            args.model_dir,
+            args.count,
+            args.out_dir,
+            args.face_size,
+            args.seed,
+            args.steps,
+            args.batch_size,
+            args.threads,
+        )
+
+
+def run_select_contexts(args: argparse.Namespace) -> None:
+    from synface.contexts import SelectionConfig, select_contexts
+    from synface.ldm.first_stage import FirstStageSpec
+
+    select_contexts(
+        args.candidates,
+        args.manifest,
+        args.ldm,
+        args.first_stage,
+        FirstStageSpec(**args.first_stage_spec),
+        args.embedding_weights,
+        args.out_dir,
+        SelectionConfig(**args.settings),
+        args.threads,
+    )
+
+
+def run_set_manifest(args: argparse.Namespace) -> None:
+    from synface.oversample import write_set_manifests
+
+    write_set_manifests(
+        args.out, args.identities, args.images, args.faces, args.repeats, args.synthetic_out
+    )
+
+
 def run_results_table(args: argparse.Namespace) -> None:
     from synface.evaluation.table import to_markdown, write_results_table
 
@@ -271,6 +368,75 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--benchmarks", type=Path, required=True, help="Snakemake benchmark tsvs")
     sub.add_argument("--made-on", default="", help="the machine, in words")
     sub.add_argument("--out", type=Path, required=True)
+
+    sub = command(
+        "identity-consistency",
+        run_identity_consistency,
+        "genuine/impostor cosine distributions, EER and FDR of a labelled embedding set",
+    )
+    sub.add_argument("--embeddings", type=Path, required=True, help="extract-embeddings output")
+    sub.add_argument("--manifest", type=Path, required=True, help="the manifest it was made from")
+    sub.add_argument("--out-json", type=Path, required=True)
+    sub.add_argument("--out-png", type=Path, required=True, help="score histograms")
+    sub.add_argument("--max-impostor-pairs", type=int, default=200_000, help="sample cap")
+    sub.add_argument("--seed", type=int, default=0, help="impostor sampling seed")
+
+    sub = command("synthesize", run_synthesize, "synthesize the faces of one shard of identities")
+    sub.add_argument("--ldm", type=Path, required=True, help="LDM checkpoint (+ .json)")
+    sub.add_argument("--first-stage", type=Path, required=True, help="folder of the VQ-f4 files")
+    sub.add_argument("--first-stage-spec", type=_settings, required=True, help="ddconfig etc.")
+    sub.add_argument("--contexts", type=Path, required=True, help="(N, 512) unit rows, .npy")
+    sub.add_argument("--first", type=int, required=True, help="first identity (context row)")
+    sub.add_argument("--last", type=int, required=True, help="one past the last identity")
+    sub.add_argument("--images-per-identity", type=int, required=True)
+    sub.add_argument("--out-dir", type=Path, required=True, help="<identity>/<k>.png go here")
+    sub.add_argument("--done-marker", type=Path, required=True, help="shard summary, written last")
+    sub.add_argument("--face-size", type=int, required=True, help="saved face size in pixels")
+    sub.add_argument(
+        "--settings",
+        type=_settings,
+        default={},
+        help="seed, sampler, steps, guidance_scale, eta, batch_size (JSON)",
+    )
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("make-contexts", run_make_contexts, "context candidates of synthetic people")
+    sub.add_argument("--source", choices=["uniform", "ldm", "diffusers", "database"], required=True)
+    sub.add_argument("--out-dir", type=Path, required=True)
+    sub.add_argument("--count", type=int, default=0, help="contexts or faces to make")
+    sub.add_argument("--dim", type=int, default=512, help="uniform: embedding width")
+    sub.add_argument("--seed", type=int, default=0)
+    sub.add_argument("--face-size", type=int, default=112)
+    sub.add_argument("--steps", type=int, default=50, help="sampling steps")
+    sub.add_argument("--batch-size", type=int, default=100)
+    sub.add_argument("--ldm", type=Path, help="ldm: the LDM checkpoint (+ .json)")
+    sub.add_argument("--first-stage", type=Path, help="ldm: the VQ-f4 folder")
+    sub.add_argument("--first-stage-spec", type=_settings, default={})
+    sub.add_argument("--model-dir", type=Path, help="diffusers: unconditional UNet folder")
+    sub.add_argument("--images", type=Path, help="database: folder of context faces")
+    sub.add_argument("--embed-npy", type=Path, help="database: ADMIS elastic_embed.npy")
+    sub.add_argument("--names-pkl", type=Path, help="database: ADMIS image_names.pkl")
+    sub.add_argument("--embeddings-out", type=Path, help="database: where imports go")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("select-contexts", run_select_contexts, "keep consistent, distinct contexts")
+    sub.add_argument("--candidates", type=Path, required=True, help="candidate embeddings")
+    sub.add_argument("--manifest", type=Path, required=True, help="candidate faces")
+    sub.add_argument("--ldm", type=Path, required=True)
+    sub.add_argument("--first-stage", type=Path, required=True)
+    sub.add_argument("--first-stage-spec", type=_settings, required=True)
+    sub.add_argument("--embedding-weights", type=Path, required=True)
+    sub.add_argument("--out-dir", type=Path, required=True)
+    sub.add_argument("--settings", type=_settings, required=True, help="selection config")
+    sub.add_argument("--threads", type=int, default=1)
+
+    sub = command("set-manifest", run_set_manifest, "a synthetic set's manifest (oversampled)")
+    sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--identities", type=int, required=True)
+    sub.add_argument("--images", type=Path, help="synthesized <id>/<k>.png folder")
+    sub.add_argument("--faces", type=Path, help="context faces manifest")
+    sub.add_argument("--repeats", type=int, default=0, help="copies of each context face")
+    sub.add_argument("--synthetic-out", type=Path, help="manifest of the generated images only")
 
     sub = command("results-table", run_results_table, "the paper-style results table")
     sub.add_argument("--row", type=_named_path, action="append", required=True)

@@ -337,6 +337,16 @@ def read_admis_embeddings(embed_npy: Path, names_pkl: Path) -> tuple[np.ndarray,
     return embeddings.astype(np.float32, copy=False), names
 
 
+def write_embeddings(out_dir: Path, embeddings: np.ndarray, names: Sequence[str]) -> None:
+    """Write embeddings in `extract_embeddings`' layout (for embeddings made elsewhere)."""
+    out_dir = Path(out_dir)
+    _check_rows(embeddings, list(names), out_dir / EMBEDDINGS_FILE, out_dir / NAMES_FILE)
+    with _atomic(out_dir / EMBEDDINGS_FILE) as tmp, tmp.open("wb") as f:
+        np.save(f, np.asarray(embeddings, dtype=np.float32))
+    with _atomic(out_dir / NAMES_FILE) as tmp:
+        tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+
+
 def write_admis_embeddings(
     embeddings: np.ndarray, names: Sequence[str], embed_npy: Path, names_pkl: Path
 ) -> None:

@@ -1,0 +1,77 @@
+rule make_context_candidates:
+    input:
+        unpack(get_make_context_candidates_input),
+    output:
+        manifest="results/contexts/candidates/manifest.tsv",
+    log:
+        "logs/make_context_candidates/make_context_candidates.log",
+    benchmark:
+        "logs/benchmarks/make_context_candidates/make_context_candidates.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: config["synthesis"]["threads"]
+    resources:
+        gpu=min(config["synthesis"]["gpus"], 1),
+        mem_mb=8000,
+        runtime=240,
+    params:
+        args=get_make_context_candidates_args,
+    shell:
+        "synface make-contexts {params.args} --out-dir results/contexts/candidates "
+        "--threads {threads} > {log} 2>&1"
+
+
+rule uniform_contexts:
+    output:
+        "results/contexts/uniform/contexts.npy",
+    log:
+        "logs/uniform_contexts/uniform_contexts.log",
+    benchmark:
+        "logs/benchmarks/uniform_contexts/uniform_contexts.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        identities=get_uniform_identities(),
+        seed=config["contexts"]["seed"],
+    shell:
+        "synface make-contexts --source uniform --count {params.identities} --seed {params.seed} "
+        "--out-dir results/contexts/uniform > {log} 2>&1"
+
+
+rule select_contexts:
+    input:
+        unpack(get_first_stage_files),
+        **get_embedding_files(),
+        embeddings=f"{get_candidates_dir()}/embeddings.npy",
+        manifest="results/contexts/candidates/manifest.tsv",
+        ldm=get_ldm_checkpoint(),
+    output:
+        contexts="results/contexts/selected/contexts.npy",
+        faces="results/contexts/selected/faces.tsv",
+        selected="results/contexts/selected/selected.tsv",
+        dropped="results/contexts/selected/dropped.tsv",
+    log:
+        "logs/select_contexts/select_contexts.log",
+    benchmark:
+        "logs/benchmarks/select_contexts/select_contexts.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: config["synthesis"]["threads"]
+    resources:
+        gpu=min(config["synthesis"]["gpus"], 1),
+        mem_mb=8000,
+        runtime=600,
+    params:
+        candidates=get_candidates_dir(),
+        first_stage=get_first_stage_dir(),
+        spec=get_first_stage_spec(),
+        settings=get_select_contexts_params(),
+    shell:
+        "synface select-contexts --candidates {params.candidates} --manifest {input.manifest} "
+        "--ldm {input.ldm} --first-stage {params.first_stage} --first-stage-spec '{params.spec}' "
+        "--embedding-weights {input.weights} --out-dir results/contexts/selected "
+        "--settings '{params.settings}' --threads {threads} > {log} 2>&1"

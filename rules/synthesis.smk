@@ -1,0 +1,116 @@
+rule synthesize:
+    input:
+        unpack(get_first_stage_files),
+        contexts=get_set_contexts,
+        ldm=get_ldm_checkpoint(),
+    output:
+        "results/synthetic/{set}/shards/{first}-{last}.json",
+    log:
+        "logs/synthesize/{set}/{first}-{last}.log",
+    benchmark:
+        "logs/benchmarks/synthesize/{set}/{first}-{last}.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: config["synthesis"]["threads"]
+    resources:
+        gpu=min(config["synthesis"]["gpus"], 1),
+        mem_mb=8000,
+        runtime=720,
+    params:
+        first_stage=get_first_stage_dir(),
+        spec=get_first_stage_spec(),
+        images_per_identity=lambda wildcards: config["datasets"][wildcards.set][
+            "images_per_identity"
+        ],
+        face_size=config["face_size"],
+        settings=get_synthesis_params(),
+    shell:
+        "synface synthesize --ldm {input.ldm} --first-stage {params.first_stage} "
+        "--first-stage-spec '{params.spec}' --contexts {input.contexts} "
+        "--first {wildcards.first} --last {wildcards.last} "
+        "--images-per-identity {params.images_per_identity} "
+        "--out-dir results/synthetic/{wildcards.set}/images --done-marker {output} "
+        "--face-size {params.face_size} --settings '{params.settings}' --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule synthetic_set_manifest:
+    input:
+        unpack(get_set_manifest_input),
+    output:
+        dataset="results/datasets/{set}/manifest.tsv",
+        synthetic="results/synthetic/{set}/manifest.tsv",
+    log:
+        "logs/synthetic_set_manifest/{set}.log",
+    benchmark:
+        "logs/benchmarks/synthetic_set_manifest/{set}.tsv"
+    wildcard_constraints:
+        set="|".join(SYNTHETIC) or "^$",
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        identities=lambda wildcards: config["datasets"][wildcards.set]["identities"],
+        args=get_set_manifest_args,
+    shell:
+        "synface set-manifest --out {output.dataset} --identities {params.identities} "
+        "{params.args} --synthetic-out {output.synthetic} > {log} 2>&1"
+
+
+rule context_faces_manifest:
+    input:
+        faces="results/contexts/selected/faces.tsv",
+    output:
+        "results/datasets/{control}/manifest.tsv",
+    log:
+        "logs/context_faces_manifest/{control}.log",
+    benchmark:
+        "logs/benchmarks/context_faces_manifest/{control}.tsv"
+    wildcard_constraints:
+        control="|".join(CONTEXT_ONLY) or "^$",
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        identities=lambda wildcards: config["datasets"][wildcards.control]["identities"],
+        repeats=lambda wildcards: config["datasets"][wildcards.control].get("oversample", 5),
+    shell:
+        "synface set-manifest --out {output} --identities {params.identities} "
+        "--faces {input.faces} --repeats {params.repeats} > {log} 2>&1"
+
+
+rule identity_consistency:
+    input:
+        embeddings="results/embeddings/synthetic_{set}/embeddings.npy",
+        manifest="results/synthetic/{set}/manifest.tsv",
+    output:
+        json=report(
+            "results/consistency/{set}.json",
+            caption="../workflow/report/consistency.rst",
+            category="Synthetic data",
+        ),
+        png=report(
+            "results/consistency/{set}.png",
+            caption="../workflow/report/consistency.rst",
+            category="Synthetic data",
+        ),
+    log:
+        "logs/identity_consistency/{set}.log",
+    benchmark:
+        "logs/benchmarks/identity_consistency/{set}.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "synface identity-consistency --embeddings results/embeddings/synthetic_{wildcards.set} "
+        "--manifest {input.manifest} --out-json {output.json} --out-png {output.png} "
+        "> {log} 2>&1"
