@@ -1,6 +1,6 @@
 # `make demo-weights`: remake the shipped demo-world weights with this workflow's own rules.
-# Defined only when the workflow trains its components (use_demo_weights: false).
-if not config["use_demo_weights"]:
+# Defined only for a demo-world config that trains its components (use_demo_weights: false).
+if not config["use_demo_weights"] and "demo_world" in config:
 
     rule demo_weights_commands:
         output:

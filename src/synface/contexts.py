@@ -219,7 +219,7 @@ def select_contexts(
         )
         for row, i in enumerate(candidates):
             intra = (probes[row] @ contexts[i]).mean().item()
-            nearest = max((float(contexts[i] @ contexts[j]) for j in kept), default=-1.0)
+            nearest = max((float(contexts[i] @ contexts[j]) for j in kept), default=-np.inf)
             if len(kept) >= cfg.identities:
                 break
             if intra < cfg.intra_threshold:
@@ -229,13 +229,13 @@ def select_contexts(
             else:
                 kept.append(i)
                 intra_of[i] = intra
+    _write_selection(out_dir, kept, intra_of, dropped, contexts, entries, names)
     if len(kept) < cfg.identities:
         raise ValueError(
             f"only {len(kept)} of {len(entries)} context candidates pass the selection, "
             f"{cfg.identities} are needed: raise contexts.candidates or relax "
-            "contexts.selection thresholds (see dropped.tsv)"
+            f"contexts.selection thresholds (reasons in {Path(out_dir) / 'dropped.tsv'})"
         )
-    _write_selection(out_dir, kept, intra_of, dropped, contexts, entries, names)
     summary = {
         "candidates_seen": len(kept) + len(dropped),
         "kept": len(kept),
