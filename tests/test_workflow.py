@@ -27,6 +27,13 @@ RULES = [
     "encode_latents",
     "train_ldm",
     "identity_check",
+    "make_context_candidates",
+    "uniform_contexts",
+    "select_contexts",
+    "synthesize",
+    "synthetic_set_manifest",
+    "context_faces_manifest",
+    "identity_consistency",
     "pack_demo_weights",
 ]
 
@@ -61,7 +68,8 @@ def test_the_micro_workflow_runs_every_rule_and_builds_the_table(tmp_path: Path)
     result = snakemake(tmp_path, "all", "demo_weights/PROVENANCE.json")
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     rows = json.loads((tmp_path / "results/tables/results.json").read_text())
-    assert [row["model"] for row in rows] == ["Demo world, real faces"]
+    labels = yaml.safe_load(BASE.read_text())["datasets"]
+    assert [row["model"] for row in rows] == [d["label"] for d in labels.values()]
     assert set(rows[0]) == {"model", "LFW", "CFP-FP", "CPLFW", "AGEDB", "CALFW", "Average"}
     for rule in RULES:
         assert list((tmp_path / "logs" / rule).glob("*.log")), f"{rule} left no log"

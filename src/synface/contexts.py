@@ -208,27 +208,43 @@ def select_contexts(
     intra_of: dict[int, float] = {}
     dropped: list[tuple[int, str]] = []
     per_batch = max(1, cfg.batch_size // cfg.probe_samples)
-    for first in range(0, len(entries), per_batch):
-        if len(kept) >= cfg.identities:
-            break
-        candidates = list(range(first, min(first + per_batch, len(entries))))
-        jobs = [(i, k) for i in candidates for k in range(cfg.probe_samples)]
+    pending: list[int] = []
+
+    def nearest(i: int, others: list[int]) -> float:
+        return float((contexts[others] @ contexts[i]).max()) if others else -np.inf
+
+    def probe_pending() -> None:
+        """Sample and embed probes for the pending candidates; keep those that agree."""
+        jobs = [(i, k) for i in pending for k in range(cfg.probe_samples)]
         faces = generator.faces(contexts[[i for i, _ in jobs]], jobs, cfg.seed, cfg.steps)
-        probes = embed_faces(embedder, faces, face_size).view(
-            len(candidates), cfg.probe_samples, -1
-        )
-        for row, i in enumerate(candidates):
+        probes = embed_faces(embedder, faces, face_size).view(len(pending), cfg.probe_samples, -1)
+        for row, i in enumerate(pending):
             intra = (probes[row] @ contexts[i]).mean().item()
-            nearest = max((float(contexts[i] @ contexts[j]) for j in kept), default=-np.inf)
             if len(kept) >= cfg.identities:
                 break
             if intra < cfg.intra_threshold:
                 dropped.append((i, f"intra {intra:.3f} < {cfg.intra_threshold}"))
-            elif nearest > cfg.inter_threshold:
-                dropped.append((i, f"inter {nearest:.3f} > {cfg.inter_threshold}"))
             else:
                 kept.append(i)
                 intra_of[i] = intra
+        pending.clear()
+
+    # The inter test needs no sampling, so it runs first (against the identities kept or
+    # awaiting their probes); only candidates that pass it cost probe samples.
+    for i in range(len(entries)):
+        if len(kept) >= cfg.identities:
+            break
+        closest = nearest(i, kept + pending)
+        if closest > cfg.inter_threshold:
+            dropped.append((i, f"inter {closest:.3f} > {cfg.inter_threshold}"))
+            continue
+        pending.append(i)
+        if len(pending) == per_batch or len(kept) + len(pending) >= cfg.identities:
+            probe_pending()
+    if pending:
+        probe_pending()
+    reasons = {kind: sum(r.startswith(kind) for _, r in dropped) for kind in ("intra", "inter")}
+    log.info("kept %d contexts; dropped %s", len(kept), reasons)
     _write_selection(out_dir, kept, intra_of, dropped, contexts, entries, names)
     if len(kept) < cfg.identities:
         raise ValueError(
