@@ -58,6 +58,15 @@ def check_real_inputs():
 check_real_inputs()
 
 
+def folder_of(item):
+    """A params function: the folder of input ``item`` (stages take folders, rules track files)."""
+
+    def folder(wildcards, input):
+        return str(Path(input[item]).parent)
+
+    return folder
+
+
 def settings(value):
     """A config section as the one-line JSON the CLI's --settings takes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -66,7 +66,7 @@ rule select_contexts:
         mem_mb=8000,
         runtime=600,
     params:
-        candidates=get_candidates_dir(),
+        candidates=folder_of("embeddings"),
         first_stage=get_first_stage_dir(),
         spec=get_first_stage_spec(),
         settings=get_select_contexts_params(),

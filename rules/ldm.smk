@@ -80,7 +80,7 @@ rule train_ldm:
         settings=get_train_ldm_params(),
         first_stage=get_first_stage_dir(),
         spec=get_first_stage_spec(),
-        latents=f"results/latents/{config['ldm']['dataset']}",
+        latents=folder_of("latents"),
         # Outside the declared outputs: a rerun resumes from here (specs/snakemake.md §5.4).
         run_dir="results/runs/ldm",
     shell:
@@ -97,7 +97,7 @@ rule identity_check:
         ldm=get_ldm_checkpoint(),
         contexts="results/embeddings/heldout/embeddings.npy",
     output:
-        report(
+        json=report(
             "results/ldm/identity_check.json",
             caption="../workflow/report/identity_check.rst",
             category="Generator",
@@ -121,5 +121,5 @@ rule identity_check:
     shell:
         "synface check-identity --ldm {input.ldm} --first-stage {params.first_stage} "
         "--first-stage-spec '{params.spec}' --embedding-weights {input.weights} "
-        "--contexts results/embeddings/heldout --out {output[0]} "
+        "--contexts results/embeddings/heldout --out {output.json} "
         "--settings '{params.settings}' --threads {threads} > {log} 2>&1"
