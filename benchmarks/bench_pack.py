@@ -4,7 +4,7 @@ ADMIS's and TFace's packers decode every image and re-encode it; synface stores 
 byte for byte and spreads the decode check over processes. The workers=1 run separates what the
 byte copy saves from what the parallelism adds.
 
-    python benchmarks/bench_pack.py                    # 3000 faces at 112 px, all cores
+    python benchmarks/bench_pack.py    # 3000 faces at 112 px, all cores
     python benchmarks/bench_pack.py --images 300 --repeats 1
 """
 
@@ -19,12 +19,12 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from common import JPEG_QUALITY, add_common_args, best_of, render_faces, report, scratch_dir
+from common import add_common_args, best_of, render_faces, report, scratch_dir
 from PIL import Image
 
 from synface.io.manifest import read_manifest
 from synface.io.tfrecord import IndexEntry, ShardWriter, write_training_index
-from synface.packing import pack_tfrecords
+from synface.packing import JPEG_QUALITY, pack_tfrecords
 
 # The real face size: aligned 112x112 crops (config/frcsyn.yaml face_size).
 FACE_SIZE = 112

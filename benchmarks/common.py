@@ -25,10 +25,7 @@ from PIL import Image
 
 from synface.demo_world.render import render_face, sample_identity, sample_nuisance
 from synface.demo_world.world import DEFAULT_TRAIN_NUISANCE
-
-# What the packers re-encode at (synface.packing.JPEG_QUALITY); the rendered files use it too,
-# with Pillow's default 4:2:0 chroma, as OpenCV's imencode writes the real datasets' faces.
-JPEG_QUALITY = 95
+from synface.packing import JPEG_QUALITY
 
 
 def add_common_args(parser: argparse.ArgumentParser, images: int, identities: int) -> None:
@@ -53,6 +50,8 @@ def _render_jpeg(task: tuple[int, int, int, int]) -> bytes:
     identity = sample_identity(np.random.default_rng([seed, 0, label]))
     nuisance = sample_nuisance(np.random.default_rng([seed, 1, label, n]), DEFAULT_TRAIN_NUISANCE)
     buffer = io.BytesIO()
+    # The packers' quality with Pillow's default 4:2:0 chroma, as OpenCV's imencode wrote the real
+    # datasets' faces (the demo world itself keeps 4:4:4 for its 32 px images).
     Image.fromarray(render_face(identity, nuisance, size)).save(
         buffer, "JPEG", quality=JPEG_QUALITY
     )

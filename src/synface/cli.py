@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--settings",
         type=_settings,
-        default={},
+        required=True,
         help="seed, sampler, steps, guidance_scale, eta, batch_size (JSON)",
     )
     sub.add_argument("--threads", type=int, default=1)

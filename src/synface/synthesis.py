@@ -2,16 +2,17 @@
 
 A face is a pure function of (settings, context row i, seed, i, k) (DESIGN.md §2), so a shard
 batches (i, k) jobs across identities, and the PNGs are the same bytes whatever the shard split
-or batch size. That needs two things beyond per-job noise: the model runs under inference mode,
-and no batch reaches it with fewer than ``MIN_ROWS`` rows, because oneDNN and MKL switch to other
-convolution and GEMM kernels for small batches, whose sums round differently (measured on
-torch 2.14: 1x1 convolutions below 16 rows, linear layers below 4).
+or batch size. Beyond per-job noise that needs the model to run under inference mode with no
+batch smaller than ``MIN_ROWS``: oneDNN and MKL switch to other convolution and GEMM kernels for
+small batches, whose sums round differently (torch 2.14 on an AMD EPYC: 1x1 convolutions below
+16 rows, linear layers below 4; from 16 rows on, any size and 1 or 2 threads gave equal bits).
+The guarantee holds for one machine and library build; GPUs pick kernels by shape too.
 
 A shard is resumable at identity granularity: an identity's images are written to a temporary
 folder, renamed into place once all k are there, so an identity folder that exists is complete.
-A rerun skips those and deletes its own leftover temporary folders. ``settings.json`` in the
-output folder records what the images were made with, so a rerun with other settings stops
-instead of mixing faces of two models.
+A rerun skips those and deletes its own leftover temporary folders (only its own: shards share
+the output folder and may run at once). ``settings.json`` there records what the images were
+made with, so a rerun with other settings stops instead of mixing faces of two models.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from torchvision.io import write_png
 from synface import __version__, runtime
 from synface.ldm.faces import FaceGenerator, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
+from synface.ldm.sampling import SAMPLERS
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +44,9 @@ SETTINGS_FILE = "settings.json"
 NORM_TOLERANCE = 1e-3
 
 
-def shard_ranges(num_identities: int, ids_per_shard: int) -> list[range]:
-    """Contiguous identity ranges of at most ``ids_per_shard``, one Snakemake job each."""
-    if num_identities < 0 or ids_per_shard < 1:
-        raise ValueError(
-            f"need num_identities >= 0 and ids_per_shard >= 1, got {num_identities} and "
-            f"{ids_per_shard}"
-        )
-    return [
-        range(start, min(start + ids_per_shard, num_identities))
-        for start in range(0, num_identities, ids_per_shard)
-    ]
+def pad_jobs(jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``jobs`` with the last one repeated up to ``MIN_ROWS`` (see the module docstring)."""
+    return jobs + [jobs[-1]] * (MIN_ROWS - len(jobs))
 
 
 def identity_folder(out_dir: Path, identity: int) -> Path:
@@ -74,19 +68,21 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _claim_output(out_dir: Path, record: dict[str, Any]) -> None:
     """Write ``settings.json`` or check that the one there matches ``record``.
 
-    Shards of one run write identical records, so concurrent first writes are harmless.
+    Shards of one run write identical records, so concurrent first writes are harmless. A record
+    of a run that finished no identity is replaced: a failed start must not block its fix.
     """
     path = Path(out_dir) / SETTINGS_FILE
     if path.exists():
         existing = json.loads(path.read_text())
-        if existing != record:
+        if existing == record:
+            return
+        if any(p.is_dir() and not p.name.startswith(".") for p in Path(out_dir).iterdir()):
             keys = record.keys() | existing.keys()
             changed = sorted(k for k in keys if existing.get(k) != record.get(k))
             raise ValueError(
                 f"{out_dir} holds faces made with other settings ({', '.join(changed)} differ "
                 f"from {path}): delete {out_dir} to synthesize anew, or restore the settings"
             )
-        return
     _atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -139,6 +135,11 @@ def synthesize_shard(
             "images_per_identity, batch_size and face_size must be >= 1, got "
             f"{images_per_identity}, {batch_size} and {face_size}"
         )
+    if sampler not in SAMPLERS or steps < 1:
+        raise ValueError(
+            f"sampler {sampler!r} with {steps} steps: choose one of {', '.join(SAMPLERS)} and "
+            "steps >= 1"
+        )
     if eta != 0:
         raise ValueError(
             f"eta={eta}: DDIM's per-step noise for eta > 0 comes from torch's global RNG in "
@@ -190,7 +191,7 @@ def synthesize_shard(
     started = time.perf_counter()
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        padded = chunk + [chunk[-1]] * (MIN_ROWS - len(chunk))
+        padded = pad_jobs(chunk)
         faces = generator.faces(
             context_table[[i for i, _ in padded]],
             padded,

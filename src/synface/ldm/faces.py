@@ -65,9 +65,8 @@ class FaceGenerator:
             guidance_scale=guidance_scale,
             eta=eta,
         )
-        with runtime.autocast(self.device):
-            images = self.decoder(latents)
-        return to_uint8(images).cpu()
+        # fp32 even on CUDA: the codebook lookup must pick the codes fp32 distances pick.
+        return to_uint8(self.decoder(latents.float())).cpu()
 
 
 def resize_faces(images: torch.Tensor, size: int) -> torch.Tensor:

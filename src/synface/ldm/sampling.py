@@ -21,11 +21,13 @@ SAMPLERS = ("ddim", "dpmsolver++")
 def make_sampler(training_config: dict, kind: str = "ddim") -> SchedulerMixin:
     """A sampling scheduler built from the training scheduler's config (diffusers'
     ``from_config``: the same betas, another algorithm)."""
+    # No clipping of the predicted clean latent: the reference samplers do none (generative.md
+    # §12), and VQ latents are not confined to [-1, 1] (the demo codebook reaches 1.1).
     if kind == "ddim":
-        return DDIMScheduler.from_config(training_config)
+        return DDIMScheduler.from_config(training_config, clip_sample=False)
     if kind == "dpmsolver++":
         return DPMSolverMultistepScheduler.from_config(
-            training_config, algorithm_type="dpmsolver++"
+            training_config, algorithm_type="dpmsolver++", thresholding=False
         )
     raise ValueError(f"unknown sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")
 

@@ -1,0 +1,266 @@
+"""The SLURM profile against a real single-node cluster with fake GPUs (tests/cluster/start.sh).
+
+The micro workflow runs the way a user runs it on a cluster, `snakemake --profile
+workflow/profiles/slurm`, so what is proven is the committed profile and the executor plugin
+against slurmctld, not a mock (shared/specs/local-slurm.md). The cluster starts once for the
+module, and the module is skipped, with the reason, where this machine cannot host one (not
+root, not Debian, slurm-wlm not installable).
+
+Every SLURM job costs about 20 s here (the jobstep's two Snakemake start-ups, then the plugin's
+status polling), so the runs build the micro workflow's recognition branch for the demo world's
+real faces (demo world, manifest, packing, training on one GPU, evaluation), not all of its
+jobs, and two runs share one working directory: the first meets a job that fails at run time
+and has its GPU training job cancelled; the second finishes from there. The tests below read
+what those runs left. About 3 minutes in all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+PROFILE = ROOT / "workflow" / "profiles" / "slurm"
+CONFIGFILES = (ROOT / "config" / "config.yaml", ROOT / "tests" / "config" / "micro.yaml")
+PARTITION = "synface"
+SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
+STARTED = re.compile(r"^rule (\w+):$", re.MULTILINE)
+TARGET = "results/evaluation/real.json"
+UPSTREAM_OF_TRAINING = {"demo_world", "dataset_manifest", "pack_tfrecords"}
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    """The interrupted run: its output, and the training job as seen while it ran."""
+
+    returncode: int
+    output: str
+    training_environ: dict[str, str]
+    training_job: str
+
+
+def scontrol_job(job_id: str, env: dict[str, str]) -> str:
+    """slurmctld's record of a job; finished jobs stay listed for MinJobAge (300 s)."""
+    command = ["scontrol", "show", "job", "--details", job_id]
+    return subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+
+
+def snakemake_command(
+    workdir: Path, configfiles: tuple[Path, ...], *args: str, timeout: int
+) -> list[str]:
+    """The user's cluster command line, bounded: a status hang would otherwise block CI."""
+    return [
+        "timeout", "-k", "10", str(timeout),
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(workdir),
+        "--profile", str(PROFILE),
+        "--workflow-profile", "none",
+        "--configfile", *map(str, configfiles),
+        *args,
+    ]  # fmt: skip
+
+
+def find_training_process() -> dict[str, str] | None:
+    """The environment of a `synface train-recognition` process running inside a SLURM job."""
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"train-recognition" not in (proc / "cmdline").read_bytes().split(b"\0"):
+                continue
+            pairs = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # not a process, or it has just ended
+            continue
+        environ = dict(p.decode().partition("=")[::2] for p in pairs if b"=" in p)
+        if "SLURM_JOB_ID" in environ:
+            return environ
+    return None
+
+
+def stop(run: subprocess.Popen[str]) -> None:
+    """End a background Snakemake: `timeout` passes SIGTERM on, and Snakemake cancels its
+    SLURM jobs on the way out."""
+    if run.poll() is None:
+        run.terminate()
+        try:
+            run.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            run.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start the cluster once; yield the environment that reaches it; stop what was started."""
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test cluster needs root (it installs slurm-wlm and runs slurmd)")
+    if not Path("/etc/debian_version").exists():
+        pytest.skip("the SLURM test cluster needs Debian's slurm-wlm and munge packages")
+    state = tmp_path_factory.mktemp("slurm")
+    start = ["timeout", "-k", "10", "300", str(HERE / "start.sh"), str(state)]
+    env = {**os.environ, "SYNFACE_TEST_PARTITION": PARTITION}
+    started = subprocess.run(start, capture_output=True, text=True, env=env)
+    try:
+        if started.returncode == 3:
+            pytest.skip(started.stderr.strip().splitlines()[-1])
+        assert started.returncode == 0, f"start.sh failed:\n{started.stderr[-3000:]}"
+        env = {
+            **os.environ,
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+            "SLURM_CONF": str(state / "etc" / "slurm.conf"),
+            "SYNFACE_SLURM_PARTITION": PARTITION,
+        }
+        env.pop("SYNFACE_SLURM_ACCOUNT", None)
+        yield env
+    finally:
+        subprocess.run(["timeout", "-k", "5", "60", str(HERE / "stop.sh"), str(state)])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("workflow")
+
+
+@pytest.fixture(scope="module")
+def first_run(cluster: dict[str, str], workdir: Path) -> FirstRun:
+    """The recognition branch with training on one GPU, and the manifest of a second dataset
+    whose folder holds no faces (a config mistake that only shows at run time). The training
+    job is cancelled once its first epoch's checkpoint is written."""
+    (workdir / "empty").mkdir()
+    diff = {
+        "datasets": {"broken": {"source": "folder", "path": "empty", "label": "Broken"}},
+        # Four epochs leave seconds between the first checkpoint and the end of training.
+        "recognition": {"gpus": 1, "train": {"epochs": 4}},
+    }
+    (workdir / "broken.yaml").write_text(yaml.safe_dump(diff))
+    checkpoint = workdir / "results/runs/recognition/real/META_Epoch_1_checkpoint.pth"
+    # --retries 0: the cancelled job ends this run instead of being resubmitted.
+    configfiles = (*CONFIGFILES, workdir / "broken.yaml")
+    targets = (TARGET, "results/datasets/broken/manifest.tsv")
+    command = snakemake_command(workdir, configfiles, "--retries", "0", *targets, timeout=300)
+    run = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cluster
+    )
+    training: dict[str, str] | None = None
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+            training = training or find_training_process()
+            time.sleep(0.2)
+        if training is None or not checkpoint.exists():
+            stop(run)
+            pytest.fail(f"training never reached its first checkpoint:\n{run.communicate()[0]}")
+        job = scontrol_job(training["SLURM_JOB_ID"], cluster)
+        subprocess.run(["scancel", training["SLURM_JOB_ID"]], env=cluster, check=True)
+        output, _ = run.communicate(timeout=120)
+    finally:
+        stop(run)
+    return FirstRun(run.returncode, output, training, job)
+
+
+@pytest.fixture(scope="module")
+def rerun(
+    cluster: dict[str, str], workdir: Path, first_run: FirstRun
+) -> subprocess.CompletedProcess[str]:
+    """The same command after the user drops the broken dataset again."""
+    fixed = workdir / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump({"recognition": {"gpus": 1, "train": {"epochs": 4}}}))
+    command = snakemake_command(workdir, (*CONFIGFILES, fixed), TARGET, timeout=240)
+    return subprocess.run(command, capture_output=True, text=True, env=cluster)
+
+
+def test_the_profile_takes_partition_and_account_from_the_environment(tmp_path: Path) -> None:
+    """Without a cluster: a dry run shows the resources each job would be submitted with."""
+    bin_dir = str(Path(sys.executable).parent)
+    plain = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    for name in ("SYNFACE_SLURM_PARTITION", "SYNFACE_SLURM_ACCOUNT"):
+        plain.pop(name, None)
+    # Names that are also Python values stay strings (resource values are expressions).
+    site = {**plain, "SYNFACE_SLURM_PARTITION": "all", "SYNFACE_SLURM_ACCOUNT": "1"}
+    outputs = []
+    for env in (plain, site):
+        command = snakemake_command(tmp_path, CONFIGFILES, "-n", TARGET, timeout=120)
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(result.stdout + result.stderr)
+    assert "slurm_partition" not in outputs[0] and "slurm_account" not in outputs[0]
+    resources = re.findall(r"^    resources: (.*)$", outputs[1], re.MULTILINE)
+    assert resources and all("slurm_partition=all, slurm_account=1" in r for r in resources)
+    training = re.search(r"^rule train_recognition:\n(?:    .*\n)*?    resources: (.*)$",
+                         outputs[1], re.MULTILINE)  # fmt: skip
+    assert training, outputs[1]
+    for setting in ("mem_mb=64000", "runtime=2880", "cpus_per_gpu=8"):
+        assert setting in training.group(1)
+
+
+def test_every_job_goes_through_sbatch(
+    cluster: dict[str, str], first_run: FirstRun, rerun: subprocess.CompletedProcess[str]
+) -> None:
+    for output in (first_run.output, rerun.stdout + rerun.stderr):
+        submissions = SUBMITTED.findall(output)
+        # Rules marked localrule (printed as "localrule x:") would run on the submit host.
+        assert Counter(rule for _, rule in submissions) == Counter(STARTED.findall(output))
+        for job_id, _ in submissions:
+            assert f"JobId={job_id} " in scontrol_job(job_id, cluster)
+        # The partition comes from SYNFACE_SLURM_PARTITION through the profile.
+        assert f"slurm_partition={PARTITION}" in output
+
+
+def test_a_job_failing_at_run_time_is_reported_as_failed(
+    cluster: dict[str, str], workdir: Path, first_run: FirstRun
+) -> None:
+    assert first_run.returncode == 1, first_run.output[-3000:]
+    failed = [
+        job_id for job_id, rule in SUBMITTED.findall(first_run.output) if rule == "dataset_manifest"
+    ]
+    assert "Error in rule dataset_manifest" in first_run.output
+    assert "SLURM status is: 'FAILED'" in first_run.output
+    assert any("JobState=FAILED" in scontrol_job(job_id, cluster) for job_id in failed)
+    log = (workdir / "logs/dataset_manifest/broken.log").read_text()
+    assert "holds no .jpg/.png images" in log
+    # keep-going (profile): the healthy dataset went on to training meanwhile.
+    assert "train_recognition" in STARTED.findall(first_run.output)
+
+
+def test_a_gpu_job_gets_its_gpu_and_the_profiles_cpus_per_gpu(first_run: FirstRun) -> None:
+    """rule gpu=1 becomes --gpus=1; SLURM hands the job one (fake) GPU, and the training
+    process sees exactly that device in CUDA_VISIBLE_DEVICES."""
+    assert "TresPerJob=gres:gpu:1" in first_run.training_job
+    assert "CpusPerTres=gres:gpu:8" in first_run.training_job  # set-resources in the profile
+    allocated = re.search(r"GRES=gpu:1\(IDX:(\d+)\)", first_run.training_job)
+    assert allocated, first_run.training_job
+    assert first_run.training_environ.get("CUDA_VISIBLE_DEVICES") == allocated.group(1)
+
+
+def test_the_rerun_after_scancel_resumes_training_and_finishes(
+    cluster: dict[str, str],
+    workdir: Path,
+    first_run: FirstRun,
+    rerun: subprocess.CompletedProcess[str],
+) -> None:
+    assert "SLURM status is: 'CANCELLED'" in first_run.output
+    assert "Error in rule train_recognition" in first_run.output
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0, output[-3000:]
+    # Only what the cancellation left undone runs again, and training continues its run.
+    started = set(STARTED.findall(output))
+    assert {"train_recognition", "evaluate"} <= started
+    assert not UPSTREAM_OF_TRAINING & started
+    assert re.search(
+        r"resumed \S+ at epoch [1-3],", (workdir / "logs/train_recognition/real.log").read_text()
+    )
+    for job_id, _ in SUBMITTED.findall(output):
+        assert "JobState=COMPLETED" in scontrol_job(job_id, cluster)
+    evaluation = json.loads((workdir / TARGET).read_text())
+    assert evaluation["weights"] == "results/recognition/real/backbone.pth"
+    assert len(evaluation["benchmarks"]) == 5
