@@ -390,7 +390,7 @@ def get_set_contexts(wildcards):
 
 
 def get_set_shards(wildcards):
-    from synface.synthesis import shard_ranges
+    from synface.shards import shard_ranges
 
     dataset = config["datasets"][wildcards.set]
     ranges = shard_ranges(dataset["identities"], config["synthesis"]["ids_per_shard"])
