@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the whole pipeline on the demo world.
 # make test: set up .venv and run the test suite (what CI runs).
+# make test-slurm: only the SLURM profile test, against a local cluster (root, Debian).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 CORES ?= all
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --workflow-profile none
 
-.PHONY: setup demo demo-weights test lint format clean-results
+.PHONY: setup demo demo-weights test test-slurm lint format clean-results
 
 setup: $(STAMP)
 
@@ -30,6 +31,10 @@ demo-weights: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Starts a single-node SLURM cluster with fake GPUs (tests/cluster/start.sh) for about 3 minutes.
+test-slurm: $(STAMP)
+	$(BIN)/python -m pytest -q tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
