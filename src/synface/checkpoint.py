@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from synface.io.atomic import atomic_path
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -16,11 +17,8 @@ def atomic_save(obj: Any, path: Path) -> None:
     A job killed mid-write then leaves either the old file or none, never a truncated one that
     a resume would choke on.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(Path(path)) as tmp:
+        torch.save(obj, tmp)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> Any:

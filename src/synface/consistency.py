@@ -31,18 +31,17 @@ Where this differs from the reference, and why:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from synface.io.atomic import atomic_path
 from synface.io.manifest import read_manifest
 
 log = logging.getLogger(__name__)
@@ -235,9 +234,9 @@ def write_report(
 ) -> None:
     """Write the report as JSON and the two score histograms as a PNG, each atomically."""
     out_json, out_png = Path(out_json), Path(out_png)
-    with _atomic(out_json) as tmp:
+    with atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    with _atomic(out_png) as tmp:
+    with atomic_path(out_png) as tmp:
         _histogram_figure(report, genuine, impostor).save(tmp, format="PNG")
 
 
@@ -443,18 +442,3 @@ def _nice_step(raw: float) -> float:
     """The smallest 1, 2 or 5 × 10^k at or above `raw`: round numbers for the y ticks."""
     power = 10.0 ** math.floor(math.log10(raw))
     return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed onto it when the block succeeds.
-
-    An interrupted job then leaves the old file or none, never a truncated one (DESIGN.md §2).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

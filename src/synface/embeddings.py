@@ -18,12 +18,11 @@ Files:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from synface import runtime
+from synface.io.atomic import atomic_path
 from synface.io.images import ImageLoader
 from synface.io.manifest import read_manifest
 from synface.models.spec import load_backbone
@@ -108,7 +108,7 @@ def export_onnx(
     runtime.set_threads(threads)
     model, input_size = load_backbone(weights)
     spec = json.loads(weights.with_suffix(".json").read_text())
-    with _atomic(onnx_out) as tmp:
+    with atomic_path(onnx_out) as tmp:
         _export(model, input_size, tmp)
         parity = _check_parity(model, input_size, tmp, threads)
         log.info("ONNX Runtime vs torch for %s: %s", weights, parity)
@@ -135,7 +135,7 @@ def export_onnx(
         "parity": asdict(parity)
         | {"gate_max_abs_diff": max_abs_diff, "gate_min_cosine": min_cosine},
     }
-    with _atomic(_onnx_info_path(onnx_out)) as tmp:
+    with atomic_path(_onnx_info_path(onnx_out)) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
     return parity
 
@@ -255,7 +255,7 @@ def extract_embeddings(
 
     load = ImageLoader(input_size)
 
-    with _atomic(out_dir / EMBEDDINGS_FILE) as tmp:
+    with atomic_path(out_dir / EMBEDDINGS_FILE) as tmp:
         # A memory map of the final array: N × D never has to fit in RAM (CASIA: 490k rows).
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), dim))
         with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -267,7 +267,7 @@ def extract_embeddings(
                     log.info("embedded %d / %d images", start + len(batch), len(paths))
         rows.flush()
         del rows
-    with _atomic(out_dir / NAMES_FILE) as tmp:
+    with atomic_path(out_dir / NAMES_FILE) as tmp:
         tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
     summary = ExtractionSummary(len(paths), dim, input_size, tuple(session.get_providers()))
     log.info("wrote %s", summary)
@@ -341,9 +341,9 @@ def write_embeddings(out_dir: Path, embeddings: np.ndarray, names: Sequence[str]
     """Write embeddings in `extract_embeddings`' layout (for embeddings made elsewhere)."""
     out_dir = Path(out_dir)
     _check_rows(embeddings, list(names), out_dir / EMBEDDINGS_FILE, out_dir / NAMES_FILE)
-    with _atomic(out_dir / EMBEDDINGS_FILE) as tmp, tmp.open("wb") as f:
+    with atomic_path(out_dir / EMBEDDINGS_FILE) as tmp, tmp.open("wb") as f:
         np.save(f, np.asarray(embeddings, dtype=np.float32))
-    with _atomic(out_dir / NAMES_FILE) as tmp:
+    with atomic_path(out_dir / NAMES_FILE) as tmp:
         tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
 
 
@@ -354,10 +354,10 @@ def write_admis_embeddings(
     embed_npy, names_pkl = Path(embed_npy), Path(names_pkl)
     names = [str(name) for name in names]
     _check_rows(embeddings, names, embed_npy, names_pkl)
-    with _atomic(embed_npy) as tmp, tmp.open("wb") as f:
+    with atomic_path(embed_npy) as tmp, tmp.open("wb") as f:
         # A file object: given a path without ".npy", np.save would append one.
         np.save(f, np.asarray(embeddings, dtype=np.float32))
-    with _atomic(names_pkl) as tmp, tmp.open("wb") as f:
+    with atomic_path(names_pkl) as tmp, tmp.open("wb") as f:
         pickle.dump(names, f, protocol=ADMIS_PICKLE_PROTOCOL)
 
 
@@ -373,20 +373,3 @@ def _check_rows(
             f"{embed} has {embeddings.shape[0]} rows but {names_file} lists {len(names)} names; "
             f"they must be index-aligned: re-extract both together"
         )
-
-
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path in `path`'s folder, renamed onto `path` if the block succeeds.
-
-    An interrupted or failed job then leaves the old file or none, never a truncated one
-    (DESIGN.md §2).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named like checkpoint.atomic_save's (not mkstemp, whose 0600 mode would survive the rename).
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
