@@ -383,18 +383,50 @@ def get_select_contexts_params():
     return settings({"identities": get_selected_identities(), **config["contexts"]["selection"]})
 
 
-def get_set_contexts(wildcards):
-    if config["datasets"][wildcards.set]["contexts"] == "uniform":
+def pool_of(name):
+    """Sets with the same contexts and images per identity share one pool of generated faces:
+    the noise of image k of identity i depends only on (seed, i, k), so a 100-identity set is
+    the first 100 identities of a 300-identity one, and is not generated twice."""
+    dataset = config["datasets"][name]
+    return f"{dataset['contexts']}-{dataset['images_per_identity']}"
+
+
+POOLS = {}
+for _name in SYNTHETIC:
+    POOLS[pool_of(_name)] = max(
+        POOLS.get(pool_of(_name), 0), config["datasets"][_name]["identities"]
+    )
+
+
+wildcard_constraints:
+    pool="|".join(POOLS) or "^$",
+
+
+def pool_shards(pool):
+    from synface.shards import shard_ranges
+
+    return shard_ranges(POOLS[pool], config["synthesis"]["ids_per_shard"])
+
+
+def get_pool_contexts(wildcards):
+    if wildcards.pool.startswith("uniform-"):
         return "results/contexts/uniform/contexts.npy"
     return "results/contexts/selected/contexts.npy"
 
 
-def get_set_shards(wildcards):
-    from synface.shards import shard_ranges
+def get_pool_images_per_identity(wildcards):
+    return int(wildcards.pool.rsplit("-", 1)[1])
 
-    dataset = config["datasets"][wildcards.set]
-    ranges = shard_ranges(dataset["identities"], config["synthesis"]["ids_per_shard"])
-    return [f"results/synthetic/{wildcards.set}/shards/{r.start}-{r.stop}.json" for r in ranges]
+
+def get_set_shards(wildcards):
+    """The pool's shards holding the set's identities."""
+    pool = pool_of(wildcards.set)
+    identities = config["datasets"][wildcards.set]["identities"]
+    return [
+        f"results/synthetic/pools/{pool}/shards/{r.start}-{r.stop}.json"
+        for r in pool_shards(pool)
+        if r.start < identities
+    ]
 
 
 def get_synthesis_params():
@@ -411,7 +443,7 @@ def get_set_manifest_input(wildcards):
 
 def get_set_manifest_args(wildcards, input):
     dataset = config["datasets"][wildcards.set]
-    args = f"--images results/synthetic/{wildcards.set}/images"
+    args = f"--images results/synthetic/pools/{pool_of(wildcards.set)}/images"
     if dataset.get("oversample", 0):
         args += f" --faces {input.faces} --repeats {dataset['oversample']}"
     return args

@@ -1,14 +1,14 @@
 rule synthesize:
     input:
         unpack(get_first_stage_files),
-        contexts=get_set_contexts,
+        contexts=get_pool_contexts,
         ldm=get_ldm_checkpoint(),
     output:
-        "results/synthetic/{set}/shards/{first}-{last}.json",
+        "results/synthetic/pools/{pool}/shards/{first}-{last}.json",
     log:
-        "logs/synthesize/{set}/{first}-{last}.log",
+        "logs/synthesize/{pool}/{first}-{last}.log",
     benchmark:
-        "logs/benchmarks/synthesize/{set}/{first}-{last}.tsv"
+        "logs/benchmarks/synthesize/{pool}/{first}-{last}.tsv"
     conda:
         "../envs/synface.yaml"
     threads: config["synthesis"]["threads"]
@@ -19,9 +19,7 @@ rule synthesize:
     params:
         first_stage=get_first_stage_dir(),
         spec=get_first_stage_spec(),
-        images_per_identity=lambda wildcards: config["datasets"][wildcards.set][
-            "images_per_identity"
-        ],
+        images_per_identity=get_pool_images_per_identity,
         face_size=config["face_size"],
         settings=get_synthesis_params(),
     shell:
@@ -29,7 +27,7 @@ rule synthesize:
         "--first-stage-spec '{params.spec}' --contexts {input.contexts} "
         "--first {wildcards.first} --last {wildcards.last} "
         "--images-per-identity {params.images_per_identity} "
-        "--out-dir results/synthetic/{wildcards.set}/images --done-marker {output} "
+        "--out-dir results/synthetic/pools/{wildcards.pool}/images --done-marker {output} "
         "--face-size {params.face_size} --settings '{params.settings}' --threads {threads} "
         "> {log} 2>&1"
 
