@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
-SNAKEMAKE := $(BIN)/snakemake --cores $(CORES) --workflow-profile none
+# Rules call the `synface` command: the workflow runs with the environment's bin on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+SNAKEMAKE := snakemake --cores $(CORES) --workflow-profile none
 
 .PHONY: setup demo demo-weights test test-slurm lint format clean-results
 
