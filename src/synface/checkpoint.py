@@ -17,8 +17,10 @@ def atomic_save(obj: Any, path: Path) -> None:
     A job killed mid-write then leaves either the old file or none, never a truncated one that
     a resume would choke on.
     """
-    with atomic_path(Path(path)) as tmp:
-        torch.save(obj, tmp)
+    # Through a Python file object: a full disk then raises OSError(ENOSPC), which atomic_path
+    # reports with the path, instead of torch's errno-less "inline_container.cc" message.
+    with atomic_path(Path(path)) as tmp, tmp.open("wb") as f:
+        torch.save(obj, f)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> Any:

@@ -1,0 +1,94 @@
+"""Stage settings: frozen dataclasses whose defaults come from the config schema alone.
+
+The schema (``workflow/schemas/config.schema.yaml``) is the one place a default is written. A
+stage's dataclass declares fields without defaults; ``from_settings`` fills what the caller left
+out from the schema section the stage reads, and refuses keys the stage does not know, so a
+hand-run ``synface <stage> --settings '{...}'`` and a Snakemake rule build the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """Settings that do not fit the stage: unknown or missing keys, named."""
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    if not SCHEMA_PATH.exists():
+        raise SettingsError(
+            f"{SCHEMA_PATH} not found: synface reads its defaults from the workflow's config "
+            "schema; install the package from a checkout of the repository (pip install -e .)"
+        )
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _resolve(node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local ``$ref`` (``#/$defs/name``)."""
+    while "$ref" in node:
+        target: Any = _schema()
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def _section_schema(section: str) -> dict[str, Any]:
+    node = _resolve(_schema())
+    for part in section.split("."):
+        properties = node.get("properties", {})
+        if part not in properties:
+            raise SettingsError(f"the config schema has no section '{section}'")
+        node = _resolve(properties[part])
+    return node
+
+
+def _defaults(node: dict[str, Any]) -> dict[str, Any]:
+    """Every default under ``node``, nested objects included."""
+    values = {}
+    for key, sub in node.get("properties", {}).items():
+        sub = _resolve(sub)
+        if "default" in sub:
+            values[key] = sub["default"]
+        elif sub.get("type") == "object" and "properties" in sub:
+            values[key] = _defaults(sub)
+    return values
+
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The defaults of a dotted config section, e.g. ``schema_defaults("ldm.train")``."""
+    return _defaults(_section_schema(section))
+
+
+def from_settings(cls: type[T], values: Mapping[str, Any], section: str) -> T:
+    """``cls`` (a dataclass) from ``values`` over the schema defaults of ``section``.
+
+    Raises:
+        SettingsError: naming unknown keys, and keys that neither ``values`` nor the schema give.
+    """
+    fields = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise SettingsError(
+            f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    merged = {k: v for k, v in schema_defaults(section).items() if k in fields}
+    merged.update(values)
+    missing = sorted(fields - set(merged))
+    if missing:
+        raise SettingsError(
+            f"{section} setting(s) {', '.join(missing)} missing and without a schema default"
+        )
+    return cls(**merged)
