@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -298,6 +299,45 @@ class Upsample(nn.Module):
         return self.conv(x)
 
 
+@dataclass(frozen=True)
+class _BlockFactory:
+    """Builds the UNet's residual and attention blocks, one definition shared by the down path,
+    the middle and the up path so that every level wires time and context the same way.
+
+    `block_context` is the context width the residual blocks take (AdaGN), `attention_context`
+    the one the attention blocks take (CA); None where the context does not enter there.
+    """
+
+    time_channels: int
+    block_context: int | None
+    attention_context: int | None
+    attention_heads: int
+    attention_head_channels: int
+    backend: AttentionBackend
+
+    def residual(self, in_channels: int, out_channels: int) -> ResidualBlock:
+        return ResidualBlock(in_channels, out_channels, self.time_channels, self.block_context)
+
+    def attention(self, channels: int) -> nn.Module:
+        """Cross-attention where the context enters attention, self-attention otherwise."""
+        heads = (
+            self.attention_heads
+            if self.attention_heads > 0
+            else channels // self.attention_head_channels
+        )
+        if self.attention_context is not None:
+            return CrossAttentionBlock(
+                channels, self.attention_context, heads, self.attention_head_channels, self.backend
+            )
+        return SelfAttentionBlock(channels, heads, self.attention_head_channels, self.backend)
+
+    def block(self, in_channels: int, out_channels: int, has_attention: bool) -> UNetBlock:
+        """Residual block to `out_channels`, then attention at that width where the level has it
+        (residual first: a seeded build draws its weights in this order)."""
+        res = self.residual(in_channels, out_channels)
+        return UNetBlock(res, self.attention(out_channels) if has_attention else None)
+
+
 class ConditionalUNet(nn.Module):
     """ε-prediction UNet of IDiff-Face / ADMIS: `forward(x, t, context=None, dropout_mask=None)`.
 
@@ -337,107 +377,51 @@ class ConditionalUNet(nn.Module):
         condition = _condition_type(condition_type)
         widths = _level_widths(initial_channels, channel_multipliers, is_attention)
         _check_attention_backend(attention_backend)
-        if n_blocks_per_resolution < 1:
-            raise ValueError(f"n_blocks_per_resolution must be >= 1, got {n_blocks_per_resolution}")
-        if not 0.0 <= context_dropout_probability < 1.0:
-            raise ValueError(
-                f"context_dropout_probability must be in [0, 1), got {context_dropout_probability}"
-            )
-        if is_context_conditional and context_channels % GROUPS:
-            raise ValueError(
-                f"context_channels must be divisible by {GROUPS} (GroupNorm groups of the "
-                f"cross-attention context), got {context_channels}"
-            )
+        _check_unet_arguments(
+            n_blocks_per_resolution,
+            context_dropout_probability,
+            is_context_conditional,
+            context_channels,
+        )
         self.is_context_conditional = is_context_conditional
         self.context_channels = context_channels
-
-        def heads(channels: int) -> int:
-            return attention_heads if attention_heads > 0 else channels // attention_head_channels
-
-        def attention(channels: int) -> nn.Module:
-            # The context enters attention only in a conditional CA model (specs §3.2).
-            if condition == "CA" and is_context_conditional:
-                return CrossAttentionBlock(
-                    channels,
-                    context_channels,
-                    heads(channels),
-                    attention_head_channels,
-                    attention_backend,
-                )
-            return SelfAttentionBlock(
-                channels, heads(channels), attention_head_channels, attention_backend
-            )
-
-        time_channels = 4 * initial_channels
-        block_context = (
-            context_channels if condition == "AdaGN" and is_context_conditional else None
+        blocks = _BlockFactory(
+            time_channels=4 * initial_channels,
+            # The context enters the residual blocks only in AdaGN, the attention blocks only in
+            # CA, and neither in an unconditional model (specs §3.2).
+            block_context=(
+                context_channels if condition == "AdaGN" and is_context_conditional else None
+            ),
+            attention_context=(
+                context_channels if condition == "CA" and is_context_conditional else None
+            ),
+            attention_heads=attention_heads,
+            attention_head_channels=attention_head_channels,
+            backend=attention_backend,
         )
 
-        def residual(in_channels: int, out_channels: int) -> ResidualBlock:
-            return ResidualBlock(in_channels, out_channels, time_channels, block_context)
-
-        # Attribute order = the reference's state-dict order (fixture manifests).
+        # Attribute order = the reference's state-dict order (fixture manifests). Modules are also
+        # built in this order, so a seeded build draws the same initial weights.
         self.image_proj = nn.Conv2d(input_channels, initial_channels, 3, padding=1)
-        self.time_emb = SinusoidalTimeEmbedding(time_channels)
+        self.time_emb = SinusoidalTimeEmbedding(blocks.time_channels)
         if is_context_conditional:
-            self.context_dropout: nn.Module = (
-                nn.Dropout(context_dropout_probability)
-                if context_dropout_probability > 0
-                else nn.Identity()
+            self.context_dropout, self.context_emb, self.empty_context_embedding = _context_path(
+                n_context_classes,
+                context_input_channels,
+                context_channels,
+                learn_empty_context,
+                context_dropout_probability,
             )
-            self.context_emb: nn.Module = (
-                nn.Embedding(n_context_classes, context_channels)
-                if n_context_classes > 0
-                else nn.Linear(context_input_channels, context_channels)
-            )
-            # Learned (normal-initialised, a state-dict entry) or zeros made on the fly: the
-            # reference keeps the zero vector out of the state dict (fixture notes).
-            self.empty_context_embedding = (
-                nn.Parameter(torch.randn(context_channels)) if learn_empty_context else None
-            )
-
-        down: list[nn.Module] = []
-        in_channels = initial_channels
-        for level, (width, has_attention) in enumerate(zip(widths, is_attention, strict=True)):
-            for _ in range(n_blocks_per_resolution):
-                down.append(
-                    UNetBlock(
-                        residual(in_channels, width), attention(width) if has_attention else None
-                    )
-                )
-                in_channels = width
-            if level < len(widths) - 1:
-                down.append(Downsample(width))
+        down = _down_path(blocks, initial_channels, widths, is_attention, n_blocks_per_resolution)
         self.down = nn.ModuleList(down)
-
         self.middle = MiddleBlock(
-            residual(widths[-1], widths[-1]),
-            attention(widths[-1]),
-            residual(widths[-1], widths[-1]),
+            blocks.residual(widths[-1], widths[-1]),
+            blocks.attention(widths[-1]),
+            blocks.residual(widths[-1], widths[-1]),
         )
-
-        # Per level, deepest first: n blocks at the level's width, one that reduces to the next
-        # shallower width, then an upsampler except at full resolution (specs §3.3). Each block's
-        # input is its own width plus the popped skip's width.
-        up: list[nn.Module] = []
-        skip_widths = [initial_channels, *(_output_width(m) for m in down)]
-        for level in reversed(range(len(widths))):
-            width = widths[level]
-            reduced = widths[level - 1] if level else initial_channels
-            out_widths = [width] * n_blocks_per_resolution + [reduced]
-            for out_width in out_widths:
-                block_in = in_channels + skip_widths.pop()
-                up.append(
-                    UNetBlock(
-                        residual(block_in, out_width),
-                        attention(out_width) if is_attention[level] else None,
-                    )
-                )
-                in_channels = out_width
-            if level > 0:
-                up.append(Upsample(in_channels))
-        self.up = nn.ModuleList(up)
-
+        self.up = nn.ModuleList(
+            _up_path(blocks, initial_channels, down, widths, is_attention, n_blocks_per_resolution)
+        )
         self.norm = nn.GroupNorm(GROUPS, initial_channels)
         self.final = _zero_init(nn.Conv2d(initial_channels, input_channels, 3, padding=1))
 
@@ -510,6 +494,102 @@ def _output_width(module: nn.Module) -> int:
     if isinstance(module, Downsample):
         return module.conv.out_channels
     return module.res.conv1.out_channels
+
+
+def _check_unet_arguments(
+    n_blocks_per_resolution: int,
+    context_dropout_probability: float,
+    is_context_conditional: bool,
+    context_channels: int,
+) -> None:
+    """Refuse constructor values the reference architecture cannot take, naming the key."""
+    if n_blocks_per_resolution < 1:
+        raise ValueError(f"n_blocks_per_resolution must be >= 1, got {n_blocks_per_resolution}")
+    if not 0.0 <= context_dropout_probability < 1.0:
+        raise ValueError(
+            f"context_dropout_probability must be in [0, 1), got {context_dropout_probability}"
+        )
+    if is_context_conditional and context_channels % GROUPS:
+        raise ValueError(
+            f"context_channels must be divisible by {GROUPS} (GroupNorm groups of the "
+            f"cross-attention context), got {context_channels}"
+        )
+
+
+def _context_path(
+    n_context_classes: int,
+    context_input_channels: int,
+    context_channels: int,
+    learn_empty_context: bool,
+    context_dropout_probability: float,
+) -> tuple[nn.Module, nn.Module, nn.Parameter | None]:
+    """Element-wise context dropout ("CPD"), the projection to the shared `context_channels`
+    embedding (an embedding table for class labels, a linear map for embedding vectors) and the
+    learned empty embedding, in the reference's state-dict order (specs §3.2 "Context path").
+
+    The empty embedding is None when it is zeros: those are made on the fly, because the reference
+    keeps the zero vector out of the state dict (fixture notes); a learned one is
+    normal-initialised and a state-dict entry.
+    """
+    dropout: nn.Module = (
+        nn.Dropout(context_dropout_probability)
+        if context_dropout_probability > 0
+        else nn.Identity()
+    )
+    projection: nn.Module = (
+        nn.Embedding(n_context_classes, context_channels)
+        if n_context_classes > 0
+        else nn.Linear(context_input_channels, context_channels)
+    )
+    empty = nn.Parameter(torch.randn(context_channels)) if learn_empty_context else None
+    return dropout, projection, empty
+
+
+def _down_path(
+    blocks: _BlockFactory,
+    initial_channels: int,
+    widths: Sequence[int],
+    is_attention: Sequence[bool],
+    n_blocks_per_resolution: int,
+) -> list[nn.Module]:
+    """Per level, shallowest first: n blocks at the level's width, then a downsampler except at
+    the deepest level (specs §3.3)."""
+    down: list[nn.Module] = []
+    in_channels = initial_channels
+    for level, (width, has_attention) in enumerate(zip(widths, is_attention, strict=True)):
+        for _ in range(n_blocks_per_resolution):
+            down.append(blocks.block(in_channels, width, has_attention))
+            in_channels = width
+        if level < len(widths) - 1:
+            down.append(Downsample(width))
+    return down
+
+
+def _up_path(
+    blocks: _BlockFactory,
+    initial_channels: int,
+    down: Sequence[nn.Module],
+    widths: Sequence[int],
+    is_attention: Sequence[bool],
+    n_blocks_per_resolution: int,
+) -> list[nn.Module]:
+    """Per level, deepest first: n blocks at the level's width, one that reduces to the next
+    shallower width, then an upsampler except at full resolution (specs §3.3).
+
+    Each block's input is its own width plus the width of the skip it pops: the skips are the
+    image projection's output and then each module of `down`, consumed last first.
+    """
+    skip_widths = [initial_channels, *(_output_width(m) for m in down)]
+    up: list[nn.Module] = []
+    in_channels = widths[-1]
+    for level in reversed(range(len(widths))):
+        reduced = widths[level - 1] if level else initial_channels
+        for out_width in [widths[level]] * n_blocks_per_resolution + [reduced]:
+            up.append(blocks.block(in_channels + skip_widths.pop(), out_width, is_attention[level]))
+            in_channels = out_width
+        if level > 0:
+            up.append(Upsample(in_channels))
+    return up
 
 
 def _condition_type(condition_type: str) -> str:
