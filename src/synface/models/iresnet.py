@@ -22,17 +22,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from synface.models import resnet_stages
+
 # Blocks per stage (§10); the depth is the name's number (r50 → 50).
-BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 14, 3),
-    100: (3, 13, 30, 3),
+BLOCKS_PER_STAGE: dict[int, resnet_stages.StageDepths] = {
+    **resnet_stages.COMMON_DEPTHS,
     200: (6, 26, 60, 6),
 }
-
-# Four stride-2 stages: 112 -> 7, which is the reference's fixed `fc_scale = 7 * 7` (§10).
-DOWNSAMPLING = 16
 
 # Every BatchNorm of the reference sets eps explicitly to PyTorch's default (§10).
 BN_EPS = 1e-5
@@ -105,8 +101,8 @@ class IResNet(nn.Module):
         channels: Sequence[int] = (64, 128, 256, 512),
     ) -> None:
         super().__init__()
-        blocks = _blocks_for_depth(depth)
-        widths = _stage_widths(channels)
+        blocks = resnet_stages.blocks_for_depth(depth, BLOCKS_PER_STAGE)
+        widths = resnet_stages.stage_widths(channels)
         _check_options(num_features, dropout, pretrained, use_se, input_size)
         self.fp16 = fp16
 
@@ -114,18 +110,12 @@ class IResNet(nn.Module):
         self.conv1 = _conv3x3(3, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0], eps=BN_EPS)
         self.prelu = nn.PReLU(widths[0])
-        in_channels = widths[0]
-        stages = []
-        for out_channels, num_blocks in zip(widths, blocks, strict=True):
-            # The first block of every stage halves the resolution (§10).
-            stage = [IBasicBlock(in_channels, out_channels, stride=2)]
-            stage.extend(IBasicBlock(out_channels, out_channels, 1) for _ in range(num_blocks - 1))
-            stages.append(nn.Sequential(*stage))
-            in_channels = out_channels
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        # The first block of every stage halves the resolution (§10).
+        stages = resnet_stages.build_stages(IBasicBlock, widths[0], widths, blocks)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Sequential(*s) for s in stages)
         self.bn2 = nn.BatchNorm2d(widths[-1], eps=BN_EPS)
         self.dropout = nn.Dropout(p=dropout)
-        final_size = input_size // DOWNSAMPLING
+        final_size = input_size // resnet_stages.DOWNSAMPLING
         self.fc = nn.Linear(widths[-1] * final_size * final_size, num_features)
         self.features = nn.BatchNorm1d(num_features, eps=BN_EPS)
 
@@ -156,22 +146,6 @@ class IResNet(nn.Module):
         return self.features(self.fc(x.float()))
 
 
-def _blocks_for_depth(depth: int) -> tuple[int, int, int, int]:
-    if depth not in BLOCKS_PER_STAGE:
-        raise ValueError(f"depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth!r}")
-    return BLOCKS_PER_STAGE[depth]
-
-
-def _stage_widths(channels: Sequence[int]) -> tuple[int, ...]:
-    widths = tuple(int(c) for c in channels)
-    if len(widths) != 4 or min(widths) <= 0:
-        raise ValueError(
-            "channels must be four positive stage widths, e.g. (64, 128, 256, 512), "
-            f"got {channels!r}"
-        )
-    return widths
-
-
 def _check_options(
     num_features: int, dropout: float, pretrained: bool, use_se: bool, input_size: int
 ) -> None:
@@ -187,11 +161,12 @@ def _check_options(
         )
     if use_se:
         raise ValueError(
-            "use_se=True is not implemented: ElasticFace's released backbones use use_se=False "
-            "(specs/recognition.md §11)"
+            "use_se=True is not implemented: ElasticFace's released backbones use use_se=False, "
+            "build with use_se=False"
         )
-    if not isinstance(input_size, int) or input_size <= 0 or input_size % DOWNSAMPLING:
+    side_step = resnet_stages.DOWNSAMPLING
+    if not isinstance(input_size, int) or input_size <= 0 or input_size % side_step:
         raise ValueError(
-            f"input_size must be a positive int divisible by {DOWNSAMPLING} (e.g. 112), "
+            f"input_size must be a positive int divisible by {side_step} (e.g. 112), "
             f"got {input_size!r}"
         )

@@ -16,18 +16,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from synface.models import resnet_stages
+
 # Units per stage (specs §4). 152/200 use bottleneck units and are not implemented.
-BLOCKS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
-    18: (2, 2, 2, 2),
-    34: (3, 4, 6, 3),
-    50: (3, 4, 14, 3),
-    100: (3, 13, 30, 3),
-}
+BLOCKS_PER_STAGE: dict[int, resnet_stages.StageDepths] = resnet_stages.COMMON_DEPTHS
 # TFace's `IR_101` factory builds the 100-layer network (specs §4).
 DEPTH_ALIASES: dict[int, int] = {101: 100}
-
-# Four stride-2 stages: 112 -> 7 (specs §4).
-DOWNSAMPLING = 16
 
 
 class BasicBlockIR(nn.Module):
@@ -78,9 +72,9 @@ class TFaceIR(nn.Module):
         dropout: float = 0.4,
     ) -> None:
         super().__init__()
-        blocks = _blocks_for_depth(depth)
+        blocks = resnet_stages.blocks_for_depth(depth, BLOCKS_PER_STAGE, DEPTH_ALIASES)
         size = _square_size(input_size)
-        widths = _stage_widths(channels)
+        widths = resnet_stages.stage_widths(channels)
         if embedding_size <= 0:
             raise ValueError(f"embedding_size must be positive, got {embedding_size}")
 
@@ -90,7 +84,7 @@ class TFaceIR(nn.Module):
             nn.BatchNorm2d(widths[0]),
             nn.PReLU(widths[0]),
         )
-        final_size = size // DOWNSAMPLING
+        final_size = size // resnet_stages.DOWNSAMPLING
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(widths[-1]),
             nn.Dropout(dropout),
@@ -100,14 +94,9 @@ class TFaceIR(nn.Module):
             # No affine parameters: only running statistics appear in the state dict (specs §4).
             nn.BatchNorm1d(embedding_size, affine=False),
         )
-        units: list[nn.Module] = []
-        in_channels = widths[0]
-        for out_channels, num_units in zip(widths, blocks, strict=True):
-            # The first unit of every stage halves the resolution (specs §4).
-            units.append(BasicBlockIR(in_channels, out_channels, stride=2))
-            units.extend(BasicBlockIR(out_channels, out_channels, 1) for _ in range(num_units - 1))
-            in_channels = out_channels
-        self.body = nn.Sequential(*units)
+        # The first unit of every stage halves the resolution (specs §4); TFace keeps them flat.
+        stages = resnet_stages.build_stages(BasicBlockIR, widths[0], widths, blocks)
+        self.body = nn.Sequential(*(unit for stage in stages for unit in stage))
 
         self._init_weights()
 
@@ -126,14 +115,6 @@ class TFaceIR(nn.Module):
         return self.output_layer(self.body(self.input_layer(x)))
 
 
-def _blocks_for_depth(depth: int) -> tuple[int, int, int, int]:
-    depth = DEPTH_ALIASES.get(depth, depth)
-    if depth not in BLOCKS_PER_STAGE:
-        known = sorted([*BLOCKS_PER_STAGE, *DEPTH_ALIASES])
-        raise ValueError(f"depth must be one of {known}, got {depth}")
-    return BLOCKS_PER_STAGE[depth]
-
-
 def _square_size(input_size: int | Sequence[int]) -> int:
     """Accept TFace's `[112, 112]` form as well as a plain int."""
     if isinstance(input_size, int):
@@ -142,19 +123,9 @@ def _square_size(input_size: int | Sequence[int]) -> int:
         height, width = (int(v) for v in input_size)
     else:
         raise ValueError(f"input_size must be an int or a pair (height, width), got {input_size!r}")
-    if height != width or height <= 0 or height % DOWNSAMPLING:
+    if height != width or height <= 0 or height % resnet_stages.DOWNSAMPLING:
         raise ValueError(
-            f"input_size must be square with a side divisible by {DOWNSAMPLING} "
+            f"input_size must be square with a side divisible by {resnet_stages.DOWNSAMPLING} "
             f"(e.g. 112 or [112, 112]), got {input_size!r}"
         )
     return height
-
-
-def _stage_widths(channels: Sequence[int]) -> tuple[int, ...]:
-    widths = tuple(int(c) for c in channels)
-    if len(widths) != 4 or min(widths) <= 0:
-        raise ValueError(
-            "channels must be four positive stage widths, e.g. (64, 128, 256, 512), "
-            f"got {channels!r}"
-        )
-    return widths

@@ -100,7 +100,7 @@ def load_first_stage(
 
 def _load_strict(module: nn.Module, path: Path, expected_file: str, expected_keys: str) -> None:
     """Load `path` into `module` with `strict=True`, or say which file is wrong and how."""
-    expected = f"a plain state dict with keys {expected_keys} ({expected_file}, specs §2.3)"
+    expected = f"a plain state dict with keys {expected_keys} ({expected_file})"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; expected {expected}")
     try:

@@ -48,7 +48,8 @@ class AutoencoderConfig:
         missing = [name for name in names if name not in ddconfig]
         if unknown or missing:
             raise ValueError(
-                f"ddconfig must have exactly the keys {names} (specs/generative.md §2.1); "
+                f"ddconfig must have exactly the keys {names} (as in the reference's first-stage "
+                f"yaml); "
                 f"unknown: {unknown}, missing: {missing}"
             )
         config = cls(
@@ -66,12 +67,15 @@ class AutoencoderConfig:
         if config.double_z:
             # double_z makes the encoder emit a KL autoencoder's mean and log-variance; a VQ
             # first stage feeds z_channels into quant_conv (specs §2.1: double_z false).
-            raise ValueError("ddconfig.double_z must be false for a VQ first stage (specs §2.1)")
+            raise ValueError(
+                "ddconfig.double_z must be false for a VQ first stage (true is a KL autoencoder); "
+                "set double_z: false"
+            )
         widths = [config.ch * mult for mult in config.ch_mult]
         if not widths or min(widths) <= 0 or any(w % NORM_GROUPS for w in widths):
             raise ValueError(
                 f"ddconfig.ch * ch_mult must give positive widths divisible by {NORM_GROUPS} "
-                f"(GroupNorm groups, specs §2.2), got ch={config.ch}, ch_mult={config.ch_mult}"
+                f"(GroupNorm groups), got ch={config.ch}, ch_mult={config.ch_mult}"
             )
         if config.num_res_blocks <= 0:
             raise ValueError(
