@@ -184,9 +184,9 @@ class NuisanceStrength:
                 )
 
     @classmethod
-    def uniform(cls, strength: float) -> NuisanceStrength:
-        """Every nuisance at one strength."""
-        return cls(**{field.name: strength for field in fields(cls)})
+    def uniform(cls, strength: float, **exceptions: float) -> NuisanceStrength:
+        """Every nuisance at one strength, except those named in `exceptions`."""
+        return cls(**{**{field.name: strength for field in fields(cls)}, **exceptions})
 
 
 def _pick(rng: np.random.Generator, palette: np.ndarray, jitter: float) -> RGB:

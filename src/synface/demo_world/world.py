@@ -53,6 +53,18 @@ def _check_int(key: str, value: object, minimum: int) -> None:
         raise ValueError(f"{key} is {value!r}; give an integer >= {minimum}")
 
 
+def _whole(default: int, minimum: int) -> Any:
+    """A whole-number setting with the smallest value it takes, checked by `_check_wholes`."""
+    return field(default=default, metadata={"minimum": minimum})
+
+
+def _check_wholes(settings: Any) -> None:
+    """Check every `_whole` field of a settings dataclass, in declaration order."""
+    for setting in fields(settings):
+        if "minimum" in setting.metadata:
+            _check_int(setting.name, getattr(settings, setting.name), setting.metadata["minimum"])
+
+
 def _check_keys(where: str, settings: object, allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     if not isinstance(settings, Mapping):
@@ -72,48 +84,27 @@ class BenchmarkSpec:
 
     stress: str
     nuisance: NuisanceStrength
-    pairs_per_fold: int = 30
-    identities_per_fold: int = 10
+    pairs_per_fold: int = _whole(30, minimum=2)
+    # An impostor pair needs two different people from the fold's pool.
+    identities_per_fold: int = _whole(10, minimum=2)
 
     def __post_init__(self) -> None:
         if self.stress not in STRESSES:
             raise ValueError(
                 f"benchmark stress is {self.stress!r}; choose one of {', '.join(STRESSES)}"
             )
-        _check_int("pairs_per_fold", self.pairs_per_fold, 2)
+        _check_wholes(self)
         if self.pairs_per_fold % 2:
             raise ValueError(
                 f"pairs_per_fold is {self.pairs_per_fold}; use an even number, each fold is "
                 f"half genuine and half impostor pairs"
             )
-        # An impostor pair needs two different people from the fold's pool.
-        _check_int("identities_per_fold", self.identities_per_fold, 2)
 
 
-_MILD = NuisanceStrength(
-    yaw=0.3,
-    roll=0.5,
-    translation=0.5,
-    scale=0.5,
-    illumination=0.5,
-    expression=0.5,
-    age=0.3,
-    blur=0.3,
-    noise=0.3,
-    background=0.6,
-)
-_MODERATE = NuisanceStrength(
-    yaw=0.4,
-    roll=0.7,
-    translation=0.7,
-    scale=0.7,
-    illumination=0.7,
-    expression=0.7,
-    age=0.4,
-    blur=0.5,
-    noise=0.5,
-    background=0.8,
-)
+# What both images of a pack's pair draw their nuisances from; `_stress` then overrides the
+# nuisance the pack is about.
+_MILD = NuisanceStrength.uniform(0.5, yaw=0.3, age=0.3, blur=0.3, noise=0.3, background=0.6)
+_MODERATE = NuisanceStrength.uniform(0.7, yaw=0.4, age=0.4, blur=0.5, noise=0.5, background=0.8)
 
 DEFAULT_BENCHMARKS: dict[str, BenchmarkSpec] = {
     "lfw": BenchmarkSpec("mild", _MILD),
@@ -123,44 +114,28 @@ DEFAULT_BENCHMARKS: dict[str, BenchmarkSpec] = {
     "calfw": BenchmarkSpec("cross_age", _MODERATE),
 }
 
-DEFAULT_TRAIN_NUISANCE = NuisanceStrength(
-    yaw=0.6,
-    roll=0.6,
-    translation=0.6,
-    scale=0.6,
-    illumination=0.6,
-    expression=0.6,
-    age=0.6,
-    blur=0.4,
-    noise=0.4,
-    background=0.6,
-)
+DEFAULT_TRAIN_NUISANCE = NuisanceStrength.uniform(0.6, blur=0.4, noise=0.4)
 
 
 @dataclass(frozen=True)
 class DemoWorldConfig:
     """Everything that determines the demo world's bytes."""
 
-    seed: int = 0
-    image_size: int = 32
-    train_identities: int = 300
-    images_per_identity: int = 20
+    seed: int = _whole(0, minimum=0)
+    image_size: int = _whole(32, minimum=8)
+    train_identities: int = _whole(300, minimum=1)
+    images_per_identity: int = _whole(20, minimum=1)
     # People outside training and the packs, one neutral face each: the held-out contexts of
     # the generator's identity check.
-    heldout_identities: int = 100
-    num_identity_factors: int = len(IDENTITY_FACTORS)
+    heldout_identities: int = _whole(100, minimum=0)
+    num_identity_factors: int = _whole(len(IDENTITY_FACTORS), minimum=0)
     train_nuisance: NuisanceStrength = DEFAULT_TRAIN_NUISANCE
     benchmarks: Mapping[str, BenchmarkSpec] = field(
         default_factory=lambda: dict(DEFAULT_BENCHMARKS)
     )
 
     def __post_init__(self) -> None:
-        _check_int("seed", self.seed, 0)
-        _check_int("image_size", self.image_size, 8)
-        _check_int("train_identities", self.train_identities, 1)
-        _check_int("images_per_identity", self.images_per_identity, 1)
-        _check_int("heldout_identities", self.heldout_identities, 0)
-        _check_int("num_identity_factors", self.num_identity_factors, 0)
+        _check_wholes(self)
         if self.num_identity_factors > len(IDENTITY_FACTORS):
             raise ValueError(
                 f"num_identity_factors is {self.num_identity_factors}; the renderer has "
