@@ -1,5 +1,7 @@
 """Network architectures, one per module, built by name through `build_model` only.
 
+`resnet_stages` is not an architecture: it holds the stage layout that IResNet and TFace IR share.
+
 Configs and checkpoints refer to an architecture by its registry name plus constructor arguments,
 so this table is the single place where a name becomes a class (STYLE.md, "For synface" 7).
 """
