@@ -21,7 +21,7 @@ from synface.demo_world.render import Nuisance, render_face
 from synface.demo_world.world import DemoWorldConfig, heldout_identity
 from synface.ldm.ema import EMA
 from synface.ldm.first_stage import AutoencoderTrainConfig, FirstStageSpec, train_autoencoder
-from synface.ldm.identity_check import check_identity, retrieval
+from synface.ldm.identity_check import IdentityCheckSettings, check_identity, retrieval
 from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
 from synface.ldm.sampling import image_noise, make_sampler, sample_latents
 from synface.models import build_model
@@ -186,18 +186,16 @@ def test_the_shipped_demo_weights_know_their_identity(tmp_path: Path) -> None:
     contexts_dir.mkdir()
     np.save(contexts_dir / "embeddings.npy", contexts.astype(np.float32))
     (contexts_dir / "names.txt").write_text("".join(f"{i}.jpg\n" for i in range(12)))
-    first_stage = config["first_stage"]
-    spec = FirstStageSpec(first_stage["ddconfig"], first_stage["embed_dim"], first_stage["n_embed"])
+    settings = IdentityCheckSettings.from_settings(
+        {"num_contexts": 12, "samples_per_context": 3, "steps": 20}
+    )
     result = check_identity(
         DEMO_WEIGHTS / "ldm" / "ema_averaged_model.ckpt",
         DEMO_WEIGHTS / "first_stage",
-        spec,
         DEMO_WEIGHTS / "embedding" / "backbone.pth",
         contexts_dir,
         tmp_path / "check.json",
-        num_contexts=12,
-        samples_per_context=3,
-        steps=20,
+        settings,
     )
     assert result.retrieval_top1 >= 0.5, result
     assert result.mean_cos_own > result.mean_cos_other + 0.3, result
