@@ -43,7 +43,7 @@ from torchvision.io import write_png
 from synface import __version__
 from synface.io.atomic import write_json
 from synface.ldm.faces import FaceGenerator, resize_faces
-from synface.ldm.first_stage import FIRST_STAGE_JSON
+from synface.ldm.first_stage import FirstStageSpec
 from synface.ldm.sampling import SAMPLERS
 from synface.models.vq_f4 import DECODER_FILE
 from synface.settings import from_settings
@@ -136,7 +136,7 @@ def content_record(
         "face_size": face_size,
         "ldm_checkpoint_sha256": _file_sha256(ldm_checkpoint),
         "first_stage_decoder_sha256": _file_sha256(first_stage / DECODER_FILE),
-        "first_stage_spec": json.loads((first_stage / FIRST_STAGE_JSON).read_text()),
+        "first_stage_spec": asdict(FirstStageSpec.read(first_stage)),
         "contexts_sha256": hashlib.sha256(contexts.numpy().tobytes()).hexdigest(),
     }
     return dict(sorted(record.items()))
