@@ -99,12 +99,19 @@ def test_faces_are_the_same_bytes_whatever_the_shard_split_and_batch_size(tmp_pa
     assert len(set(files.values())) == 20
 
 
+@pytest.fixture(scope="module")
+def demo_ldm() -> tuple[torch.nn.Module, dict]:
+    return load_ldm(LDM)
+
+
 @pytest.mark.parametrize("kind", SAMPLERS)
-def test_padded_batches_give_bitwise_equal_latents(kind: str) -> None:
+def test_padded_batches_give_bitwise_equal_latents(
+    kind: str, demo_ldm: tuple[torch.nn.Module, dict]
+) -> None:
     """The PNG comparison above rarely sees float noise (the decoder snaps latents to its
     codebook), so the padding that keeps small batches on the large-batch kernels is checked
     on the latents."""
-    unet, spec = load_ldm(LDM)
+    unet, spec = demo_ldm
     contexts = torch.from_numpy(_contexts())
     jobs = [(i, k) for i in range(4) for k in range(5)]
 
