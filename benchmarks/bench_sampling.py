@@ -37,13 +37,13 @@ from torchvision.io import decode_png, read_file
 from torchvision.utils import save_image
 
 from synface import runtime
-from synface.ldm.first_stage import FirstStageSpec
+from synface.ldm.first_stage import FirstStage, FirstStageSpec
 from synface.ldm.model import load_ldm
 from synface.ldm.sampling import image_noise, make_sampler
 from synface.models import build_model
 from synface.models.admis_checkpoint import admis_ddpm_scheduler, save_admis_checkpoint
 from synface.models.vq_f4 import DECODER_FILE, ENCODER_FILE, VQDecoder, VQEncoder
-from synface.synthesis import synthesize_shard
+from synface.synthesis import SynthesisSettings, synthesize_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"demo": ROOT / "config" / "config.yaml", "paper": ROOT / "config" / "frcsyn.yaml"}
@@ -69,7 +69,6 @@ SEED = 0
 class Workload:
     checkpoint: Path
     first_stage: Path
-    spec: FirstStageSpec
     contexts: np.ndarray
     images_per_identity: int
     face_size: int
@@ -97,6 +96,7 @@ def _paper_weights(cfg: dict[str, Any], spec: FirstStageSpec, folder: Path) -> t
     checkpoint.with_suffix(".json").write_text(json.dumps(ldm_spec))
     first_stage = folder / "first_stage"
     first_stage.mkdir()
+    spec.write(first_stage)
     for module, name in ((VQEncoder, ENCODER_FILE), (VQDecoder, DECODER_FILE)):
         torch.save(
             module(spec.ddconfig, spec.embed_dim, spec.n_embed).state_dict(), first_stage / name
@@ -109,15 +109,14 @@ def _fast_path(work: Workload, out: Path) -> float:
     summary = synthesize_shard(
         work.checkpoint,
         work.first_stage,
-        work.spec,
         work.contexts,
         range(len(work.contexts)),
         work.images_per_identity,
         out,
         work.face_size,
-        SEED,
-        steps=work.steps,
-        batch_size=work.batch_size,
+        SynthesisSettings.from_settings(
+            {"seed": SEED, "steps": work.steps, "batch_size": work.batch_size}
+        ),
         threads=torch.get_num_threads(),
         done_marker=out.parent / f"{out.name}.json",
     )
@@ -129,7 +128,7 @@ def _reference_path(work: Workload, out: Path, device: torch.device) -> float:
     unet, ldm_spec = load_ldm(work.checkpoint)
     unet.set_attention_backend("matmul")
     unet.to(device)
-    _, decoder = work.spec.load(work.first_stage)
+    decoder = FirstStage.load(work.first_stage).decoder
     decoder.to(device)
     scheduler = make_sampler(ldm_spec["scheduler"])
     shape = tuple(ldm_spec["latent_shape"])
@@ -205,7 +204,6 @@ def main() -> None:
         work = Workload(
             checkpoint=checkpoint,
             first_stage=first_stage,
-            spec=spec,
             contexts=rows / np.linalg.norm(rows, axis=1, keepdims=True),
             images_per_identity=per_identity,
             face_size=args.face_size or cfg["face_size"],

@@ -7,19 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from synface.contexts import (
     SelectionConfig,
+    choose_contexts,
     database_manifest,
+    generate_diffusers_faces,
     generate_ldm_faces,
+    import_admis_embeddings,
     select_contexts,
     uniform_contexts,
 )
-from synface.embeddings import write_embeddings
+from synface.embeddings import read_embeddings, write_embeddings
 from synface.io.manifest import read_manifest
 from synface.ldm.faces import embed_faces
-from synface.ldm.first_stage import FirstStageSpec
 from synface.models.spec import load_backbone
 from synface.oversample import write_set_manifests
 
@@ -27,9 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "demo_weights"
 
 
-def _spec() -> FirstStageSpec:
-    first_stage = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["first_stage"]
-    return FirstStageSpec(first_stage["ddconfig"], first_stage["embed_dim"], first_stage["n_embed"])
+def _selection(**values: object) -> SelectionConfig:
+    return SelectionConfig.from_settings({"steps": 5, "probe_samples": 2, **values})
 
 
 def test_uniform_contexts_are_seeded_unit_vectors() -> None:
@@ -45,7 +45,7 @@ def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Six unconditional faces from the shipped LDM, embedded with the shipped embedding model."""
     folder = tmp_path_factory.mktemp("candidates")
     generate_ldm_faces(
-        WEIGHTS / "ldm" / "ema_averaged_model.ckpt", WEIGHTS / "first_stage", _spec(), 6,
+        WEIGHTS / "ldm" / "ema_averaged_model.ckpt", WEIGHTS / "first_stage", 6,
         folder / "faces", face_size=32, seed=1, steps=5, batch_size=4,
     )  # fmt: skip
     manifest = folder / "faces" / "manifest.tsv"
@@ -64,15 +64,14 @@ def _select(candidates: tuple[Path, Path], out: Path, cfg: SelectionConfig) -> d
     embeddings, manifest = candidates
     return select_contexts(
         embeddings, manifest, WEIGHTS / "ldm" / "ema_averaged_model.ckpt",
-        WEIGHTS / "first_stage", _spec(), WEIGHTS / "embedding" / "backbone.pth", out, cfg,
+        WEIGHTS / "first_stage", WEIGHTS / "embedding" / "backbone.pth", out, cfg,
     )  # fmt: skip
 
 
 def test_selection_keeps_candidates_in_order_and_writes_their_faces(
     candidates: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    cfg = SelectionConfig(identities=3, probe_samples=2, intra_threshold=-1.0,
-                          inter_threshold=1.0, steps=5)  # fmt: skip
+    cfg = _selection(identities=3, intra_threshold=-1.0, inter_threshold=1.0)
     summary = _select(candidates, tmp_path, cfg)
     assert summary == {"candidates_seen": 3, "kept": 3, "dropped": 0}
     kept = np.load(tmp_path / "contexts.npy")
@@ -86,14 +85,13 @@ def test_selection_keeps_candidates_in_order_and_writes_their_faces(
 def test_selection_drops_inconsistent_and_duplicate_identities_with_reasons(
     candidates: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    strict_intra = SelectionConfig(identities=1, probe_samples=2, intra_threshold=1.01, steps=5)
+    strict_intra = _selection(identities=1, intra_threshold=1.01)
     with pytest.raises(ValueError, match=r"dropped\.tsv"):
         _select(candidates, tmp_path / "a", strict_intra)
     reasons = (tmp_path / "a" / "dropped.tsv").read_text().splitlines()[1:]
     assert len(reasons) == 6 and all("intra" in line for line in reasons)
     # Every candidate is "too close" to the first one kept when the threshold is below -1.
-    no_two = SelectionConfig(identities=2, probe_samples=2, intra_threshold=-1.0,
-                             inter_threshold=-1.01, steps=5)  # fmt: skip
+    no_two = _selection(identities=2, intra_threshold=-1.0, inter_threshold=-1.01)
     with pytest.raises(ValueError, match="only 1 of 6"):
         _select(candidates, tmp_path / "b", no_two)
     reasons = (tmp_path / "b" / "dropped.tsv").read_text().splitlines()[1:]
@@ -134,3 +132,120 @@ def test_oversampling_adds_manifest_lines_not_copies(tmp_path: Path) -> None:
     assert control == 15
     with pytest.raises(FileNotFoundError, match="identity 3"):
         write_set_manifests(tmp_path / "x.tsv", 4, tmp_path / "images")
+
+
+def _unit(*pairs: tuple[int, float], dim: int = 8) -> torch.Tensor:
+    vector = torch.zeros(dim)
+    for axis, value in pairs:
+        vector[axis] = value
+    return vector / vector.norm()
+
+
+def test_selection_keeps_and_drops_constructed_candidates_as_computed_by_hand() -> None:
+    """Six candidates whose probe cosines are chosen, thresholds intra 0.5 and inter 0.7:
+    0 kept (probe cosines 0.6, 0.6), 1 dropped as a near-copy of 0 (cosine 0.9), 2 dropped
+    (0.1 and 0.7: mean 0.4, though its best probe passes), 3 kept (0.8, 0.8), 4 kept (0.3 and
+    0.9: mean 0.6, though its worst probe fails); three identities wanted, so 5 is never seen."""
+    contexts = torch.stack(
+        [_unit((0, 1)), _unit((0, 0.9), (1, 0.19**0.5)), _unit((2, 1)), _unit((3, 1)),
+         _unit((4, 1)), _unit((5, 1))]
+    )  # fmt: skip
+    probe_cosines = {0: [0.6, 0.6], 2: [0.1, 0.7], 3: [0.8, 0.8], 4: [0.3, 0.9]}
+    away = _unit((7, 1))  # orthogonal to every context
+    asked: list[int] = []
+
+    def probe(candidates: list[int]) -> torch.Tensor:
+        """Probe embeddings at the chosen cosine to their own context only."""
+        asked.extend(candidates)
+        rows = [
+            [c * contexts[i] + (1 - c * c) ** 0.5 * away for c in probe_cosines[i]]
+            for i in candidates
+        ]
+        return torch.stack([torch.stack(row) for row in rows])
+
+    for batch_size in (4, 100):
+        asked.clear()
+        cfg = _selection(identities=3, intra_threshold=0.5, inter_threshold=0.7,
+                         batch_size=batch_size)  # fmt: skip
+        selection = choose_contexts(contexts, probe, cfg)
+        assert selection.kept == [0, 3, 4]
+        assert selection.intra == pytest.approx({0: 0.6, 3: 0.8, 4: 0.6})
+        assert selection.dropped == [(1, "inter 0.900 > 0.7"), (2, "intra 0.400 < 0.5")]
+        assert sorted(asked) == [0, 2, 3, 4]  # no probe is sampled for a near-copy
+
+
+def _tiny_diffusers_model(folder: Path, subfolder: str | None) -> None:
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    unet.save_pretrained(folder / subfolder if subfolder else folder)
+    DDIMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
+
+
+def _by_hand(folder: Path, seed: int, label: int, steps: int) -> np.ndarray:
+    """Face ``label`` sampled with diffusers' own DDIM loop from image_noise(seed, label, 0)."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    from synface.ldm.sampling import image_noise
+
+    unet = UNet2DModel.from_pretrained(folder / "unet").eval()
+    scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler")
+    scheduler.set_timesteps(steps)
+    x = image_noise(seed, label, 0, (3, 8, 8))[None]
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    return ((x[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+
+
+def test_diffusers_faces_come_from_a_save_pretrained_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    _tiny_diffusers_model(tmp_path / "model", "unet")
+    count = generate_diffusers_faces(tmp_path / "model", 3, tmp_path / "a", 8, seed=2, steps=3,
+                                     batch_size=2)  # fmt: skip
+    entries = read_manifest(tmp_path / "a" / "manifest.tsv")
+    assert count == 3 and [e.label for e in entries] == [0, 1, 2]
+    faces = [np.asarray(Image.open(e.path)).astype(int) for e in entries]
+    assert all(face.shape == (8, 8, 3) for face in faces)
+    for label, face in enumerate(faces):
+        assert np.abs(face - _by_hand(tmp_path / "model", 2, label, 3)).max() <= 1
+    # Face i depends on (seed, i) only, not on the batch; the model may sit at the top.
+    _tiny_diffusers_model(tmp_path / "top", None)
+    generate_diffusers_faces(tmp_path / "top", 3, tmp_path / "b", 8, seed=2, steps=3, batch_size=3)
+    assert [e.path.read_bytes() for e in entries] == [
+        e.path.read_bytes() for e in read_manifest(tmp_path / "b" / "manifest.tsv")
+    ]
+    with pytest.raises(ValueError, match="not a diffusers unconditional UNet folder"):
+        generate_diffusers_faces(tmp_path / "a", 1, tmp_path / "c", 8, seed=2, steps=1)
+
+
+def test_admis_embeddings_are_reordered_to_the_database(tmp_path: Path) -> None:
+    """ADMIS ships elastic_embed.npy (a numpy array) and image_names.pkl (a pickled list of
+    relative names) in its own order; rows follow the database manifest, matched by name."""
+    import pickle
+
+    for name in ("b.png", "a.png", "c.png"):
+        (tmp_path / "db" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "db" / name).write_bytes(b"x")
+    database_manifest(tmp_path / "db", tmp_path / "candidates" / "manifest.tsv")
+    released = {"c.png": 3.0, "a.png": 1.0, "b.png": 2.0}
+    np.save(tmp_path / "elastic_embed.npy",
+            np.stack([np.full(512, v, np.float32) for v in released.values()]))  # fmt: skip
+    with (tmp_path / "image_names.pkl").open("wb") as f:
+        pickle.dump([f"images/{name}" for name in released], f)
+    manifest = tmp_path / "candidates" / "manifest.tsv"
+    npy, pkl = tmp_path / "elastic_embed.npy", tmp_path / "image_names.pkl"
+    import_admis_embeddings(npy, pkl, manifest, tmp_path / "out")
+    embeddings, names = read_embeddings(tmp_path / "out")
+    assert [Path(n).name for n in names] == ["a.png", "b.png", "c.png"]
+    assert embeddings[:, 0].tolist() == [1.0, 2.0, 3.0]
+    with (tmp_path / "image_names.pkl").open("wb") as f:
+        pickle.dump(["images/c.png", "images/a.png", "images/x.png"], f)
+    with pytest.raises(ValueError, match=r"b\.png.*contexts\.embed_npy"):
+        import_admis_embeddings(npy, pkl, manifest, tmp_path / "o2")

@@ -16,17 +16,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 
 from synface.demo_world.render import Nuisance, render_face
 from synface.demo_world.world import DemoWorldConfig, heldout_identity
+from synface.embeddings import export_onnx, extract_embeddings
 from synface.ldm.ema import EMA
 from synface.ldm.first_stage import AutoencoderTrainConfig, FirstStageSpec, train_autoencoder
-from synface.ldm.identity_check import check_identity, retrieval
+from synface.ldm.identity_check import IdentityCheckSettings, check_identity, retrieval
 from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
 from synface.ldm.sampling import image_noise, make_sampler, sample_latents
 from synface.models import build_model
 from synface.models.admis_checkpoint import admis_ddpm_scheduler
-from synface.models.spec import load_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS = ROOT / "demo_weights"
@@ -169,35 +170,30 @@ def test_a_latent_cache_with_mismatched_files_is_refused(tmp_path: Path) -> None
 
 
 def test_the_shipped_demo_weights_know_their_identity(tmp_path: Path) -> None:
-    """A smaller draw of the acceptance check (50 contexts x 10 samples in the closing note)."""
+    """A smaller draw of the acceptance check (50 contexts x 10 samples in the closing note),
+    on held-out faces given as a manifest (``ldm.identity_check.faces: <manifest>``): the
+    workflow embeds them with the exported model, and the check reads those embeddings."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     world = DemoWorldConfig.from_dict({**config["demo_world"], "image_size": config["face_size"]})
-    embedder, size = load_backbone(DEMO_WEIGHTS / "embedding" / "backbone.pth")
-    faces = torch.stack(
-        [
-            torch.from_numpy(render_face(heldout_identity(world, i), Nuisance(), size))
-            for i in range(12)
-        ]
+    lines = []
+    for i in range(12):
+        face = render_face(heldout_identity(world, i), Nuisance(), config["face_size"])
+        Image.fromarray(face).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png\t{i}\n")
+    (tmp_path / "heldout.tsv").write_text("".join(lines))
+    export_onnx(DEMO_WEIGHTS / "embedding" / "backbone.pth", tmp_path / "model.onnx")
+    extract_embeddings(tmp_path / "model.onnx", tmp_path / "heldout.tsv", tmp_path / "ctx", 12, 1)
+    settings = IdentityCheckSettings.from_settings(
+        {"num_contexts": 12, "samples_per_context": 3, "steps": 20}
     )
-    with torch.inference_mode():
-        x = faces.permute(0, 3, 1, 2).float() / 127.5 - 1
-        contexts = F.normalize(embedder(x), dim=1).numpy()
-    contexts_dir = tmp_path / "contexts"
-    contexts_dir.mkdir()
-    np.save(contexts_dir / "embeddings.npy", contexts.astype(np.float32))
-    (contexts_dir / "names.txt").write_text("".join(f"{i}.jpg\n" for i in range(12)))
-    first_stage = config["first_stage"]
-    spec = FirstStageSpec(first_stage["ddconfig"], first_stage["embed_dim"], first_stage["n_embed"])
     result = check_identity(
         DEMO_WEIGHTS / "ldm" / "ema_averaged_model.ckpt",
         DEMO_WEIGHTS / "first_stage",
-        spec,
         DEMO_WEIGHTS / "embedding" / "backbone.pth",
-        contexts_dir,
+        tmp_path / "ctx",
         tmp_path / "check.json",
-        num_contexts=12,
-        samples_per_context=3,
-        steps=20,
+        settings,
     )
     assert result.retrieval_top1 >= 0.5, result
     assert result.mean_cos_own > result.mean_cos_other + 0.3, result
+    assert json.loads((tmp_path / "check.json").read_text())["contexts"] == 12

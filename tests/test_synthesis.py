@@ -1,35 +1,35 @@
 """The synthesize stage with the shipped demo weights: byte-identical faces whatever the shard
-split and batch size, resume after SIGKILL, leftover temporary folders, resizing."""
+split and batch size, resume after SIGKILL, forced reruns, copied projects, leftover temporary
+folders, resizing."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
+from PIL import Image
 from torchvision.io import decode_png, read_file
 
-from synface.ldm.faces import resize_faces
-from synface.ldm.first_stage import FirstStageSpec
+from synface import synthesis
+from synface.ldm.faces import FaceGenerator, resize_faces
 from synface.ldm.model import load_ldm
 from synface.ldm.sampling import SAMPLERS, image_noise, make_sampler, sample_latents
 from synface.shards import shard_ranges
-from synface.synthesis import SETTINGS_FILE, pad_jobs, synthesize_shard
+from synface.synthesis import SETTINGS_FILE, SynthesisSettings, pad_jobs, synthesize_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM = ROOT / "demo_weights" / "ldm" / "ema_averaged_model.ckpt"
 FIRST_STAGE = ROOT / "demo_weights" / "first_stage"
-CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["first_stage"]
-SPEC = FirstStageSpec(CONFIG["ddconfig"], CONFIG["embed_dim"], CONFIG["n_embed"])
 
 
 def _contexts(n: int = 6) -> np.ndarray:
@@ -37,11 +37,40 @@ def _contexts(n: int = 6) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def _synthesize(out: Path, identities: range, **kwargs) -> dict:
-    settings = {"images_per_identity": 3, "face_size": 32, "seed": 7, "steps": 5, **kwargs}
+@pytest.fixture(scope="module", autouse=True)
+def _one_generator_per_model() -> Iterator[None]:
+    """Load each LDM once for this module, not once per synthesize_shard call."""
+    loaded: dict[tuple[Path, Path], FaceGenerator] = {}
+    load = FaceGenerator.for_stage
+
+    def cached(ldm: Path, first_stage: Path, threads: int) -> FaceGenerator:
+        key = (Path(ldm).resolve(), Path(first_stage).resolve())
+        if key not in loaded:
+            loaded[key] = load(ldm, first_stage, threads)
+        return loaded[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FaceGenerator, "for_stage", staticmethod(cached))
+        yield
+
+
+def _synthesize(
+    out: Path,
+    identities: range,
+    images_per_identity: int = 3,
+    face_size: int = 32,
+    ldm: Path = LDM,
+    first_stage: Path = FIRST_STAGE,
+    contexts: np.ndarray | None = None,
+    done_marker: Path | None = None,
+    **settings,
+) -> dict:
+    chosen = SynthesisSettings.from_settings({"seed": 7, "steps": 5, **settings})
+    contexts = _contexts() if contexts is None else contexts
     return synthesize_shard(
-        LDM, FIRST_STAGE, SPEC, _contexts(), identities, out_dir=out, **settings
-    )
+        ldm, first_stage, contexts, identities, images_per_identity, out, face_size, chosen,
+        done_marker=done_marker,
+    )  # fmt: skip
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -70,12 +99,19 @@ def test_faces_are_the_same_bytes_whatever_the_shard_split_and_batch_size(tmp_pa
     assert len(set(files.values())) == 20
 
 
+@pytest.fixture(scope="module")
+def demo_ldm() -> tuple[torch.nn.Module, dict]:
+    return load_ldm(LDM)
+
+
 @pytest.mark.parametrize("kind", SAMPLERS)
-def test_padded_batches_give_bitwise_equal_latents(kind: str) -> None:
+def test_padded_batches_give_bitwise_equal_latents(
+    kind: str, demo_ldm: tuple[torch.nn.Module, dict]
+) -> None:
     """The PNG comparison above rarely sees float noise (the decoder snaps latents to its
     codebook), so the padding that keeps small batches on the large-batch kernels is checked
     on the latents."""
-    unet, spec = load_ldm(LDM)
+    unet, spec = demo_ldm
     contexts = torch.from_numpy(_contexts())
     jobs = [(i, k) for i in range(4) for k in range(5)]
 
@@ -90,15 +126,24 @@ def test_padded_batches_give_bitwise_equal_latents(kind: str) -> None:
     assert torch.equal(latents(jobs), split)
 
 
+# The synthesize stage as its own process, so that SIGKILL hits it mid-shard.
+KILLABLE = """
+import sys, numpy as np
+from pathlib import Path
+from synface.synthesis import SynthesisSettings, synthesize_shard
+ldm, first_stage, contexts, out, marker = sys.argv[1:]
+settings = SynthesisSettings.from_settings({"seed": 3, "steps": 8, "batch_size": 2})
+synthesize_shard(ldm, first_stage, np.load(contexts), range(5), 2, Path(out), 32, settings,
+                 done_marker=Path(marker))
+"""
+
+
 def test_a_killed_shard_resumes_without_redoing_finished_identities(tmp_path: Path) -> None:
     out, marker = tmp_path / "faces", tmp_path / "shards" / "0-5.json"
     settings = {"seed": 3, "steps": 8, "batch_size": 2}  # one identity per batch
     command = [
-        sys.executable, "-m", "synface.cli", "synthesize", "--ldm", str(LDM),
-        "--first-stage", str(FIRST_STAGE), "--first-stage-spec", json.dumps(asdict(SPEC)),
-        "--contexts", str(tmp_path / "contexts.npy"), "--first", "0", "--last", "5",
-        "--images-per-identity", "2", "--out-dir", str(out), "--done-marker", str(marker),
-        "--face-size", "32", "--settings", json.dumps(settings), "--threads", "1",
+        sys.executable, "-c", KILLABLE, str(LDM), str(FIRST_STAGE),
+        str(tmp_path / "contexts.npy"), str(out), str(marker),
     ]  # fmt: skip
     np.save(tmp_path / "contexts.npy", _contexts())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -119,9 +164,7 @@ def test_a_killed_shard_resumes_without_redoing_finished_identities(tmp_path: Pa
     (out / ".00004.partial" / "000.png").write_bytes(b"truncated")
     (out / ".00005.partial").mkdir()
 
-    summary = synthesize_shard(
-        LDM, FIRST_STAGE, SPEC, _contexts(), range(5), 2, out, 32, done_marker=marker, **settings
-    )
+    summary = _synthesize(out, range(5), 2, done_marker=marker, **settings)
     assert summary["skipped_complete"] == len(done)
     assert json.loads(marker.read_text()) == summary
     assert {p.name: _stats(p) for p in done} == before
@@ -133,27 +176,118 @@ def test_a_killed_shard_resumes_without_redoing_finished_identities(tmp_path: Pa
     assert _files(out) == _files(tmp_path / "straight")
 
 
+def _interrupt_after_first_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next shard stop (as a kill would) once its first identity is in place."""
+    place = synthesis._place
+
+    def place_then_stop(out_dir: Path, identity: int) -> None:
+        place(out_dir, identity)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthesis, "_place", place_then_stop)
+
+
+def test_an_interrupted_shard_resumes_and_a_forced_rerun_regenerates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, marker = tmp_path / "faces", tmp_path / "shards" / "0-3.json"
+    settings = {"images_per_identity": 1, "steps": 2, "batch_size": 1, "done_marker": marker}
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_identity(patch)
+        with pytest.raises(KeyboardInterrupt):
+            _synthesize(out, range(3), **settings)
+    first = _stats(out / "00000")
+    resumed = _synthesize(out, range(3), **settings)
+    assert (resumed["skipped_complete"], resumed["synthesized"]) == (1, 2)
+    assert _stats(out / "00000") == first
+    # A forced rerun (Snakemake -f: the done marker exists or was just removed) makes every
+    # identity anew: a damaged face comes back, and the folders are new ones.
+    expected = _files(out)
+    (out / "00001" / "000.png").write_bytes(b"damaged")
+    stats = {i: _stats(out / f"{i:05d}") for i in range(3)}
+    marker.unlink()
+    forced = _synthesize(out, range(3), **settings)
+    assert (forced["skipped_complete"], forced["synthesized"]) == (0, 3)
+    assert _files(out) == expected
+    assert all(_stats(out / f"{i:05d}") != stats[i] for i in range(3))
+    assert sorted(p.name for p in out.iterdir()) == ["00000", "00001", "00002", SETTINGS_FILE]
+
+
+def test_a_copied_project_continues_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue: settings.json held absolute paths and the checkpoint's mtime, so `cp -a` of a
+    project refused to continue. The record is content now."""
+    project = tmp_path / "project"
+    shutil.copytree(LDM.parent, project / "ldm")
+    shutil.copytree(FIRST_STAGE, project / "first_stage")
+    np.save(project / "contexts.npy", _contexts())
+
+    def shard(root: Path, identities: range) -> dict:
+        return _synthesize(
+            root / "pool" / "images", identities, images_per_identity=1, steps=2, batch_size=1,
+            ldm=root / "ldm" / LDM.name, first_stage=root / "first_stage",
+            contexts=np.load(root / "contexts.npy"),
+        )  # fmt: skip
+
+    shard(project, range(0, 2))
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_identity(patch)
+        with pytest.raises(KeyboardInterrupt):
+            shard(project, range(2, 4))
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(project, moved, symlinks=True)
+    os.utime(moved / "ldm" / LDM.name, ns=(1, 1))  # a plain cp gives new times
+    kept = {i: _stats(moved / "pool" / "images" / f"{i:05d}") for i in range(3)}
+    shutil.rmtree(project)
+
+    summary = shard(moved, range(2, 4))
+    assert (summary["skipped_complete"], summary["synthesized"]) == (1, 1)
+    assert {i: _stats(moved / "pool" / "images" / f"{i:05d}") for i in range(3)} == kept
+    assert len(_files(moved / "pool" / "images")) == 4
+
+
 def test_a_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="choose one of"):
         _synthesize(tmp_path / "faces", range(1), sampler="ddpm")
     (tmp_path / "faces").mkdir()
     (tmp_path / "faces" / SETTINGS_FILE).write_text("{}")  # a failed start's record is replaced
     _synthesize(tmp_path / "faces", range(1), images_per_identity=1)
-    with pytest.raises(ValueError, match="steps differ"):
+    before = _files(tmp_path / "faces")
+    with pytest.raises(ValueError, match="steps differ") as refused:
         _synthesize(tmp_path / "faces", range(1, 2), images_per_identity=1, steps=6)
+    # The refusal changes nothing, and a remedy that deletes finished faces says so.
+    assert "nothing was changed" in str(refused.value)
+    assert "deletes its 1 finished identities" in str(refused.value)
+    assert _files(tmp_path / "faces") == before
+    assert not (tmp_path / "faces" / "00001").exists()
     with pytest.raises(ValueError, match="global RNG"):
         _synthesize(tmp_path / "other", range(1), eta=0.5)
     with pytest.raises(ValueError, match="not 1"):
-        synthesize_shard(
-            LDM, FIRST_STAGE, SPEC, 2 * _contexts(), range(1), 1, tmp_path / "x", 32, seed=0
-        )
+        _synthesize(tmp_path / "x", range(1), images_per_identity=1, contexts=2 * _contexts())
+
+
+def _pil_bilinear(image: torch.Tensor, size: int) -> np.ndarray:
+    """PIL's antialiased (area-scaled triangle filter) resize, one channel at a time."""
+    channels = [
+        np.asarray(Image.fromarray(channel.numpy()).resize((size, size), Image.BILINEAR))
+        for channel in image
+    ]
+    return np.stack(channels).astype(int)
 
 
 def test_faces_are_resized_to_the_face_size_with_antialiasing(tmp_path: Path) -> None:
+    # Hand-computed: every 4th column white, 32 -> 8 px. An antialiased filter averages each
+    # 4-pixel cell to 255/4 = 63.75; point-sampling filters see only black or white columns.
+    stripes = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    stripes[..., ::4] = 255
+    interior = resize_faces(stripes, 8)[0, :, :, 1:-1].int()
+    assert (interior - 64).abs().max() <= 1, interior[0]
+    # The written faces match an independent implementation (PIL) to within rounding.
     _synthesize(tmp_path / "32", range(1), images_per_identity=2)
     _synthesize(tmp_path / "24", range(1), images_per_identity=2, face_size=24)
     for name in ("000.png", "001.png"):
         full = decode_png(read_file(str(tmp_path / "32" / "00000" / name)))
         small = decode_png(read_file(str(tmp_path / "24" / "00000" / name)))
         assert small.shape == (3, 24, 24)
-        assert torch.equal(small, resize_faces(full[None], 24)[0])
+        assert np.abs(small.numpy().astype(int) - _pil_bilinear(full, 24)).max() <= 1

@@ -14,21 +14,24 @@ a candidate is kept only if the LDM's probe samples for it agree with it (mean c
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
-from synface import runtime
 from synface.embeddings import read_embeddings
+from synface.io.atomic import atomic_path, write_json, write_text
+from synface.io.images import to_uint8
 from synface.io.manifest import ManifestEntry, read_manifest, write_manifest
-from synface.ldm.faces import FaceGenerator, embed_faces, resize_faces
-from synface.ldm.first_stage import FirstStageSpec
-from synface.models.spec import load_backbone
+from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces, stage_device
+from synface.ldm.sampling import image_noise, sample_latents
+from synface.settings import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +47,33 @@ def uniform_contexts(count: int, dim: int, seed: int) -> np.ndarray:
 
 
 def write_uniform_contexts(out_dir: Path, count: int, dim: int, seed: int) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / CONTEXTS_FILE, uniform_contexts(count, dim, seed))
+    with atomic_path(Path(out_dir) / CONTEXTS_FILE) as tmp, tmp.open("wb") as f:
+        np.save(f, uniform_contexts(count, dim, seed))
 
 
-def _save_faces(images: torch.Tensor, first: int, out_dir: Path) -> list[ManifestEntry]:
+def _write_candidate_faces(
+    make_faces: Callable[[range], torch.Tensor],
+    count: int,
+    out_dir: Path,
+    face_size: int,
+    batch_size: int,
+) -> int:
+    """``images/<i>/0.png`` for i < ``count`` from ``make_faces(labels)`` (uint8 faces) and
+    ``manifest.tsv`` (one identity per face)."""
     entries = []
-    for offset, image in enumerate(images):
-        label = first + offset
-        path = Path(out_dir) / "images" / f"{label:05d}" / "0.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
-        entries.append(ManifestEntry(path, label))
-    return entries
+    for first in range(0, count, batch_size):
+        labels = range(first, min(first + batch_size, count))
+        for label, image in zip(labels, resize_faces(make_faces(labels), face_size), strict=True):
+            path = Path(out_dir) / "images" / f"{label:05d}" / "0.png"
+            with atomic_path(path) as tmp:
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+            entries.append(ManifestEntry(path, label))
+    return write_manifest(Path(out_dir) / "manifest.tsv", entries)
 
 
 def generate_ldm_faces(
     ldm_checkpoint: Path,
-    first_stage_dir: Path,
-    spec: FirstStageSpec,
+    first_stage: Path,
     count: int,
     out_dir: Path,
     face_size: int,
@@ -73,18 +83,26 @@ def generate_ldm_faces(
     threads: int = 1,
 ) -> int:
     """Context faces from the LDM's unconditional mode (learnt with whole-context dropout);
-    writes ``images/<i>/0.png`` and ``manifest.tsv`` (one identity per face)."""
-    runtime.set_threads(threads)
-    generator = FaceGenerator(ldm_checkpoint, first_stage_dir, spec, runtime.pick_device())
-    entries = []
-    for first in range(0, count, batch_size):
-        jobs = [(i, 0) for i in range(first, min(first + batch_size, count))]
-        faces = resize_faces(generator.faces(None, jobs, seed, steps), face_size)
-        entries += _save_faces(faces, first, out_dir)
-    return write_manifest(Path(out_dir) / "manifest.tsv", entries)
+    face i starts from ``image_noise(seed, i, 0)``."""
+    generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
+
+    def make_faces(labels: range) -> torch.Tensor:
+        return generator.faces(None, [(i, 0) for i in labels], seed, steps)
+
+    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size)
 
 
-@torch.inference_mode()
+class _DiffusersUNet(nn.Module):
+    """A diffusers ``UNet2DModel`` behind ``sample_latents``' unconditional interface."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+
 def generate_diffusers_faces(
     model_dir: Path,
     count: int,
@@ -96,11 +114,11 @@ def generate_diffusers_faces(
     threads: int = 1,
 ) -> int:
     """Context faces from a diffusers unconditional UNet checkpoint folder (``unet/`` or the
-    model at the top, with its ``scheduler/``), e.g. an FFHQ DDPM, sampled with DDIM."""
+    model at the top, with its ``scheduler/``), e.g. an FFHQ DDPM, sampled with DDIM by the
+    loop the LDM uses; face i starts from ``image_noise(seed, i, 0)``."""
     from diffusers import DDIMScheduler, UNet2DModel
 
-    runtime.set_threads(threads)
-    device = runtime.pick_device()
+    device = stage_device(threads)
     model_dir = Path(model_dir)
     subfolder = "unet" if (model_dir / "unet").is_dir() else None
     try:
@@ -111,20 +129,14 @@ def generate_diffusers_faces(
             f"{model_dir}: not a diffusers unconditional UNet folder (expected unet/ or a "
             f"config.json + weights, and scheduler/): {error}"
         ) from None
+    model = _DiffusersUNet(unet)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    entries = []
-    for first in range(0, count, batch_size):
-        labels = range(first, min(first + batch_size, count))
-        generators = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in labels]
-        x = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-        scheduler.set_timesteps(steps, device=device)
-        for t in scheduler.timesteps:
-            with runtime.autocast(device):
-                eps = unet(x, t).sample
-            x = scheduler.step(eps.float(), t, x).prev_sample
-        images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-        entries += _save_faces(resize_faces(images, face_size), first, out_dir)
-    return write_manifest(Path(out_dir) / "manifest.tsv", entries)
+
+    def make_faces(labels: range) -> torch.Tensor:
+        noise = torch.stack([image_noise(seed, i, 0, shape) for i in labels]).to(device)
+        return to_uint8(sample_latents(model, scheduler, noise, None, steps)).cpu()
+
+    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size)
 
 
 def database_manifest(images: Path, out_manifest: Path) -> int:
@@ -154,8 +166,8 @@ def import_admis_embeddings(
     if missing:
         raise ValueError(
             f"{names_pkl} names no embedding for {len(missing)} faces of {manifest} "
-            f"(e.g. {missing[0]}): extract them instead by leaving contexts.database.embeddings "
-            "empty"
+            f"(e.g. {missing[0]}): extract them instead by setting contexts.embed_npy and "
+            "contexts.names_pkl to null"
         )
     rows = [row_of[e.path.name] for e in entries]
     relative = [e.path.relative_to(Path(manifest).parent).as_posix() for e in entries]
@@ -164,35 +176,92 @@ def import_admis_embeddings(
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    """How contexts are filtered; thresholds are cosines under the embedding model."""
+    """How contexts are filtered (config section ``contexts.selection``, defaults in the
+    schema; ``identities`` comes from the sets); thresholds are cosines under the embedding
+    model."""
 
     identities: int
-    probe_samples: int = 4
-    intra_threshold: float = 0.5
-    inter_threshold: float = 0.7
-    steps: int = 25
-    seed: int = 0
-    batch_size: int = 100
+    probe_samples: int
+    intra_threshold: float
+    inter_threshold: float
+    steps: int
+    seed: int
+    batch_size: int
+
+    @classmethod
+    def from_settings(cls, values: dict[str, Any]) -> SelectionConfig:
+        return from_settings(cls, values, "contexts.selection")
+
+
+@dataclass
+class Selection:
+    """Kept candidates (in order) with their intra cosine, and the dropped ones with a reason."""
+
+    kept: list[int] = field(default_factory=list)
+    intra: dict[int, float] = field(default_factory=dict)
+    dropped: list[tuple[int, str]] = field(default_factory=list)
+
+
+def choose_contexts(
+    contexts: torch.Tensor,
+    probe: Callable[[list[int]], torch.Tensor],
+    cfg: SelectionConfig,
+) -> Selection:
+    """Walk the candidates (rows of ``contexts``, unit vectors) in order until ``cfg.identities``
+    are kept. ``probe(candidates)`` gives the (len, probe_samples, D) unit embeddings of the
+    LDM's probe faces for those candidates.
+
+    The inter test needs no sampling, so it runs first (against the identities kept or awaiting
+    their probes); only candidates that pass it cost probe samples.
+    """
+    selection = Selection()
+    kept, pending = selection.kept, []
+    per_batch = max(1, cfg.batch_size // cfg.probe_samples)
+
+    def probe_pending() -> None:
+        probes = probe(pending)
+        for row, i in enumerate(pending):
+            if len(kept) >= cfg.identities:
+                break
+            intra = (probes[row] @ contexts[i]).mean().item()
+            if intra < cfg.intra_threshold:
+                selection.dropped.append((i, f"intra {intra:.3f} < {cfg.intra_threshold}"))
+            else:
+                kept.append(i)
+                selection.intra[i] = intra
+        pending.clear()
+
+    for i in range(len(contexts)):
+        if len(kept) >= cfg.identities:
+            break
+        others = kept + pending
+        closest = float((contexts[others] @ contexts[i]).max()) if others else -np.inf
+        if closest > cfg.inter_threshold:
+            selection.dropped.append((i, f"inter {closest:.3f} > {cfg.inter_threshold}"))
+            continue
+        pending.append(i)
+        if len(pending) == per_batch or len(kept) + len(pending) >= cfg.identities:
+            probe_pending()
+    if pending:
+        probe_pending()
+    return selection
 
 
 def select_contexts(
     candidates_dir: Path,
     candidates_manifest: Path,
     ldm_checkpoint: Path,
-    first_stage_dir: Path,
-    spec: FirstStageSpec,
+    first_stage: Path,
     embedding_weights: Path,
     out_dir: Path,
     cfg: SelectionConfig,
     threads: int = 1,
 ) -> dict[str, int]:
-    """Keep up to ``cfg.identities`` candidates, in candidate order.
+    """Keep up to ``cfg.identities`` candidates, in candidate order (``choose_contexts``).
 
     Writes ``contexts.npy`` (kept embeddings, row = synthetic identity), ``faces.tsv`` (their
     context faces, label = row), ``selected.tsv`` and ``dropped.tsv`` (with the reason).
     """
-    runtime.set_threads(threads)
-    device = runtime.pick_device()
     embeddings, names = read_embeddings(candidates_dir)
     entries = read_manifest(candidates_manifest)
     if len(entries) != len(embeddings):
@@ -200,87 +269,50 @@ def select_contexts(
             f"{candidates_manifest} lists {len(entries)} faces but {candidates_dir} holds "
             f"{len(embeddings)} embeddings: rerun extract_embeddings"
         )
-    generator = FaceGenerator(ldm_checkpoint, first_stage_dir, spec, device)
-    embedder, face_size = load_backbone(embedding_weights)
-    embedder.to(device)
+    generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
+    embedder = FaceEmbedder(embedding_weights, generator.device)
     contexts = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
-    kept: list[int] = []
-    intra_of: dict[int, float] = {}
-    dropped: list[tuple[int, str]] = []
-    per_batch = max(1, cfg.batch_size // cfg.probe_samples)
-    pending: list[int] = []
 
-    def nearest(i: int, others: list[int]) -> float:
-        return float((contexts[others] @ contexts[i]).max()) if others else -np.inf
-
-    def probe_pending() -> None:
-        """Sample and embed probes for the pending candidates; keep those that agree."""
-        jobs = [(i, k) for i in pending for k in range(cfg.probe_samples)]
+    def probe(candidates: list[int]) -> torch.Tensor:
+        jobs = [(i, k) for i in candidates for k in range(cfg.probe_samples)]
         faces = generator.faces(contexts[[i for i, _ in jobs]], jobs, cfg.seed, cfg.steps)
-        probes = embed_faces(embedder, faces, face_size).view(len(pending), cfg.probe_samples, -1)
-        for row, i in enumerate(pending):
-            intra = (probes[row] @ contexts[i]).mean().item()
-            if len(kept) >= cfg.identities:
-                break
-            if intra < cfg.intra_threshold:
-                dropped.append((i, f"intra {intra:.3f} < {cfg.intra_threshold}"))
-            else:
-                kept.append(i)
-                intra_of[i] = intra
-        pending.clear()
+        return embedder(faces).view(len(candidates), cfg.probe_samples, -1)
 
-    # The inter test needs no sampling, so it runs first (against the identities kept or
-    # awaiting their probes); only candidates that pass it cost probe samples.
-    for i in range(len(entries)):
-        if len(kept) >= cfg.identities:
-            break
-        closest = nearest(i, kept + pending)
-        if closest > cfg.inter_threshold:
-            dropped.append((i, f"inter {closest:.3f} > {cfg.inter_threshold}"))
-            continue
-        pending.append(i)
-        if len(pending) == per_batch or len(kept) + len(pending) >= cfg.identities:
-            probe_pending()
-    if pending:
-        probe_pending()
-    reasons = {kind: sum(r.startswith(kind) for _, r in dropped) for kind in ("intra", "inter")}
-    log.info("kept %d contexts; dropped %s", len(kept), reasons)
-    _write_selection(out_dir, kept, intra_of, dropped, contexts, entries, names)
-    if len(kept) < cfg.identities:
+    selection = choose_contexts(contexts, probe, cfg)
+    reasons = {k: sum(r.startswith(k) for _, r in selection.dropped) for k in ("intra", "inter")}
+    log.info("kept %d contexts; dropped %s", len(selection.kept), reasons)
+    _write_selection(out_dir, selection, contexts, entries, names)
+    if len(selection.kept) < cfg.identities:
         raise ValueError(
-            f"only {len(kept)} of {len(entries)} context candidates pass the selection, "
-            f"{cfg.identities} are needed: raise contexts.candidates or relax "
+            f"only {len(selection.kept)} of {len(entries)} context candidates pass the "
+            f"selection, {cfg.identities} are needed: raise contexts.candidates or relax "
             f"contexts.selection thresholds (reasons in {Path(out_dir) / 'dropped.tsv'})"
         )
     summary = {
-        "candidates_seen": len(kept) + len(dropped),
-        "kept": len(kept),
-        "dropped": len(dropped),
+        "candidates_seen": len(selection.kept) + len(selection.dropped),
+        "kept": len(selection.kept),
+        "dropped": len(selection.dropped),
     }
-    (Path(out_dir) / "selection.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(Path(out_dir) / "selection.json", summary)
     log.info("context selection: %s", summary)
     return summary
 
 
 def _write_selection(
     out_dir: Path,
-    kept: list[int],
-    intra_of: dict[int, float],
-    dropped: list[tuple[int, str]],
+    selection: Selection,
     contexts: torch.Tensor,
     entries: list[ManifestEntry],
     names: list[str],
 ) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / CONTEXTS_FILE, contexts[kept].numpy())
+    out_dir, kept = Path(out_dir), selection.kept
+    with atomic_path(out_dir / CONTEXTS_FILE) as tmp, tmp.open("wb") as f:
+        np.save(f, contexts[kept].numpy())
     faces = [ManifestEntry(entries[i].path, label) for label, i in enumerate(kept)]
     write_manifest(out_dir / FACES_MANIFEST, faces)
-    with (out_dir / "selected.tsv").open("w") as out:
-        out.write("identity\tcandidate\tface\tintra\n")
-        for label, i in enumerate(kept):
-            out.write(f"{label}\t{i}\t{names[i]}\t{intra_of[i]:.4f}\n")
-    with (out_dir / "dropped.tsv").open("w") as out:
-        out.write("candidate\tface\treason\n")
-        for i, reason in dropped:
-            out.write(f"{i}\t{names[i]}\t{reason}\n")
+    selected = [
+        f"{label}\t{i}\t{names[i]}\t{selection.intra[i]:.4f}\n" for label, i in enumerate(kept)
+    ]
+    write_text(out_dir / "selected.tsv", "identity\tcandidate\tface\tintra\n" + "".join(selected))
+    dropped = [f"{i}\t{names[i]}\t{reason}\n" for i, reason in selection.dropped]
+    write_text(out_dir / "dropped.tsv", "candidate\tface\treason\n" + "".join(dropped))

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from synface import __version__, checkpoint
+from synface.ldm.first_stage import FirstStageSpec
 from synface.models.admis_checkpoint import UNET_PREFIX
 from synface.models.vq_f4 import DECODER_FILE, ENCODER_FILE
 
@@ -69,6 +70,7 @@ def pack_demo_weights(
     for name in (ENCODER_FILE, DECODER_FILE):
         state = checkpoint.load(Path(first_stage_dir) / name)
         checkpoint.atomic_save(_half(state), out_dir / "first_stage" / name)
+    FirstStageSpec.read(first_stage_dir).write(out_dir / "first_stage")
     ldm = out_dir / "ldm" / LDM_FILE
     checkpoint.atomic_save(_half(checkpoint.load(ldm_checkpoint), UNET_PREFIX), ldm)
     ldm_spec = json.loads(Path(ldm_checkpoint).with_suffix(".json").read_text())

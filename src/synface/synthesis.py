@@ -8,11 +8,20 @@ small batches, whose sums round differently (torch 2.14 on an AMD EPYC: 1x1 conv
 16 rows, linear layers below 4; from 16 rows on, any size and 1 or 2 threads gave equal bits).
 The guarantee holds for one machine and library build; GPUs pick kernels by shape too.
 
-A shard is resumable at identity granularity: an identity's images are written to a temporary
-folder, renamed into place once all k are there, so an identity folder that exists is complete.
-A rerun skips those and deletes its own leftover temporary folders (only its own: shards share
-the output folder and may run at once). ``settings.json`` there records what the images were
-made with, so a rerun with other settings stops instead of mixing faces of two models.
+An identity's images are written to a temporary folder and renamed into place once all k are
+there, so an identity folder that exists is complete. Whether a shard resumes or starts over is
+decided by its journal, ``.<start>-<stop>.running`` beside its done marker, created when the
+shard starts and removed after the done marker is written:
+
+- journal present: the shard was interrupted; it resumes, keeping its finished identities;
+- no journal: a fresh run (first run, or a rerun Snakemake was asked for, e.g. ``-f``); every
+  identity of the shard is generated anew, an existing folder being swapped for the new one.
+
+A shard deletes only its own leftover temporary folders (shards share the output folder and may
+run at once). ``settings.json`` there records what the images were made with, by content (the
+SHA-256 of the LDM checkpoint, of the first-stage decoder and spec, of the contexts table, and
+the sampling settings), never by path or time: a copied or moved project continues where it
+stopped, while a rerun with other settings stops instead of mixing faces of two models.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +40,13 @@ import numpy as np
 import torch
 from torchvision.io import write_png
 
-from synface import __version__, runtime
+from synface import __version__
+from synface.io.atomic import write_json
 from synface.ldm.faces import FaceGenerator, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
 from synface.ldm.sampling import SAMPLERS
+from synface.models.vq_f4 import DECODER_FILE
+from synface.settings import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +55,44 @@ MIN_ROWS = 16
 SETTINGS_FILE = "settings.json"
 # Contexts are unit vectors (generative.md §12.2 re-normalises them); this catches raw embeddings.
 NORM_TOLERANCE = 1e-3
+
+
+# Journal suffix: present while a shard runs or after it was interrupted (module docstring).
+JOURNAL_SUFFIX = ".running"
+
+
+@dataclass(frozen=True)
+class SynthesisSettings:
+    """How faces are sampled (config section ``synthesis``; defaults in the schema)."""
+
+    seed: int
+    sampler: str
+    steps: int
+    guidance_scale: float
+    eta: float
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS or self.steps < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"synthesis.sampler {self.sampler!r} with {self.steps} steps in batches of "
+                f"{self.batch_size}: choose one of {', '.join(SAMPLERS)}, steps >= 1 and "
+                "batch_size >= 1"
+            )
+        if self.eta != 0:
+            raise ValueError(
+                f"synthesis.eta={self.eta}: DDIM's per-step noise for eta > 0 comes from torch's "
+                "global RNG in sample_latents, so faces would depend on how jobs are batched "
+                "(DESIGN.md §2); set eta to 0 (ADMIS, generative.md §12.2)"
+            )
+
+    @classmethod
+    def from_settings(cls, values: dict[str, Any]) -> SynthesisSettings:
+        return from_settings(cls, values, "synthesis")
+
+    def sampling(self) -> dict[str, Any]:
+        """What the pixels depend on (the batch size does not: module docstring)."""
+        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
 
 
 def pad_jobs(jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -53,16 +104,46 @@ def identity_folder(out_dir: Path, identity: int) -> Path:
     return Path(out_dir) / f"{identity:05d}"
 
 
-def _temp_folder(out_dir: Path, identity: int) -> Path:
-    """Hidden, so that no listing of identity folders mistakes it for a complete one."""
-    return Path(out_dir) / f".{identity:05d}.partial"
+def _temp_folder(out_dir: Path, identity: int, kind: str = "partial") -> Path:
+    """Hidden, so that no listing of identity folders mistakes it for a complete one; ``old``
+    holds a finished folder for the instant it is being replaced."""
+    return Path(out_dir) / f".{identity:05d}.{kind}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_record(
+    ldm_checkpoint: Path,
+    first_stage_dir: Path,
+    contexts: torch.Tensor,
+    settings: SynthesisSettings,
+    images_per_identity: int,
+    face_size: int,
+) -> dict[str, Any]:
+    """What a pool's faces are made from, by content: equal records give equal pixels.
+
+    The first stage enters through its decoder and spec (the encoder plays no part here)."""
+    first_stage = Path(first_stage_dir)
+    record = {
+        **settings.sampling(),
+        "images_per_identity": images_per_identity,
+        "face_size": face_size,
+        "ldm_checkpoint_sha256": _file_sha256(ldm_checkpoint),
+        "first_stage_decoder_sha256": _file_sha256(first_stage / DECODER_FILE),
+        "first_stage_spec": asdict(FirstStageSpec.read(first_stage)),
+        "contexts_sha256": hashlib.sha256(contexts.numpy().tobytes()).hexdigest(),
+    }
+    return dict(sorted(record.items()))
+
+
+def _finished_identities(out_dir: Path) -> list[Path]:
+    return [p for p in Path(out_dir).iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def _claim_output(out_dir: Path, record: dict[str, Any]) -> None:
@@ -76,14 +157,18 @@ def _claim_output(out_dir: Path, record: dict[str, Any]) -> None:
         existing = json.loads(path.read_text())
         if existing == record:
             return
-        if any(p.is_dir() and not p.name.startswith(".") for p in Path(out_dir).iterdir()):
+        finished = _finished_identities(out_dir)
+        if finished:
             keys = record.keys() | existing.keys()
             changed = sorted(k for k in keys if existing.get(k) != record.get(k))
             raise ValueError(
-                f"{out_dir} holds faces made with other settings ({', '.join(changed)} differ "
-                f"from {path}): delete {out_dir} to synthesize anew, or restore the settings"
+                f"{out_dir} holds {len(finished)} identities of faces made with other settings "
+                f"({', '.join(changed)} differ from {path}); nothing was changed. To continue "
+                "this pool, restore the settings, LDM, first stage and contexts it was made "
+                f"with. To start it over with the new ones, delete {out_dir} yourself: that "
+                f"deletes its {len(finished)} finished identities"
             )
-    _atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_json(path, record)
 
 
 def _checked_contexts(contexts: np.ndarray, identities: range) -> torch.Tensor:
@@ -105,21 +190,82 @@ def _checked_contexts(contexts: np.ndarray, identities: range) -> torch.Tensor:
     return torch.from_numpy(contexts)
 
 
+def _start_shard(out_dir: Path, identities: range, journal: Path) -> tuple[list[int], int]:
+    """(identities to generate, finished identities kept), by the journal rule of the module
+    docstring; clears this shard's leftovers and leaves the journal in place."""
+    for identity in identities:
+        shutil.rmtree(_temp_folder(out_dir, identity), ignore_errors=True)
+        shutil.rmtree(_temp_folder(out_dir, identity, "old"), ignore_errors=True)
+    existing = [i for i in identities if identity_folder(out_dir, i).is_dir()]
+    if journal.exists():
+        pending = [i for i in identities if i not in set(existing)]
+        log.info("resuming an interrupted shard: %d identities done before", len(existing))
+        return pending, len(existing)
+    write_json(journal, {"first": identities.start, "stop": identities.stop})
+    if existing:
+        log.info("a fresh run of this shard: %d finished identities are made anew", len(existing))
+    return list(identities), 0
+
+
+def _place(out_dir: Path, identity: int) -> None:
+    """Move a complete identity into place; a folder already there is swapped out first, so
+    the identity folder is always complete or absent."""
+    folder = identity_folder(out_dir, identity)
+    if folder.exists():
+        old = _temp_folder(out_dir, identity, "old")
+        os.replace(folder, old)
+        os.replace(_temp_folder(out_dir, identity), folder)
+        shutil.rmtree(old)
+    else:
+        os.replace(_temp_folder(out_dir, identity), folder)
+
+
+def _generate(
+    generator: FaceGenerator,
+    contexts: torch.Tensor,
+    pending: list[int],
+    settings: SynthesisSettings,
+    images_per_identity: int,
+    face_size: int,
+    out_dir: Path,
+) -> int:
+    """Write the faces of ``pending`` identities; returns the number of images."""
+    jobs = [(i, k) for i in pending for k in range(images_per_identity)]
+    written = dict.fromkeys(pending, 0)
+    for start in range(0, len(jobs), settings.batch_size):
+        chunk = jobs[start : start + settings.batch_size]
+        padded = pad_jobs(chunk)
+        faces = generator.faces(
+            contexts[[i for i, _ in padded]],
+            padded,
+            settings.seed,
+            steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            eta=settings.eta,
+            sampler=settings.sampler,
+        )
+        for (identity, k), face in zip(
+            chunk, resize_faces(faces[: len(chunk)], face_size), strict=True
+        ):
+            temp = _temp_folder(out_dir, identity)
+            temp.mkdir(parents=True, exist_ok=True)
+            write_png(face, str(temp / f"{k:03d}.png"))
+            written[identity] += 1
+            if written[identity] == images_per_identity:
+                _place(out_dir, identity)
+        log.info("%d/%d faces", min(start + settings.batch_size, len(jobs)), len(jobs))
+    return len(jobs)
+
+
 def synthesize_shard(
     ldm_checkpoint: Path,
-    first_stage_dir: Path,
-    spec: FirstStageSpec,
+    first_stage: Path,
     contexts: np.ndarray,
     identities: range,
     images_per_identity: int,
     out_dir: Path,
     face_size: int,
-    seed: int,
-    sampler: str = "ddim",
-    steps: int = 50,
-    guidance_scale: float = 1.0,
-    eta: float = 0.0,
-    batch_size: int = 100,
+    settings: SynthesisSettings,
     threads: int = 1,
     done_marker: Path | None = None,
 ) -> dict[str, Any]:
@@ -130,101 +276,52 @@ def synthesize_shard(
     Faces are decoded, clamped, quantised to uint8 and, when the LDM's size differs from
     ``face_size``, resized with antialiasing (128 -> 112 px on real runs, §14).
     """
-    if images_per_identity < 1 or batch_size < 1 or face_size < 1:
+    if images_per_identity < 1 or face_size < 1:
         raise ValueError(
-            "images_per_identity, batch_size and face_size must be >= 1, got "
-            f"{images_per_identity}, {batch_size} and {face_size}"
-        )
-    if sampler not in SAMPLERS or steps < 1:
-        raise ValueError(
-            f"sampler {sampler!r} with {steps} steps: choose one of {', '.join(SAMPLERS)} and "
-            "steps >= 1"
-        )
-    if eta != 0:
-        raise ValueError(
-            f"eta={eta}: DDIM's per-step noise for eta > 0 comes from torch's global RNG in "
-            "sample_latents, so faces would depend on how jobs are batched (DESIGN.md §2); "
-            "set eta to 0 (ADMIS, generative.md §12.2)"
+            f"images_per_identity and face_size must be >= 1, got {images_per_identity} and "
+            f"{face_size}"
         )
     out_dir = Path(out_dir)
     if done_marker is None:
         done_marker = out_dir.parent / "shards" / f"{identities.start}-{identities.stop}.json"
-    context_table = _checked_contexts(contexts, identities)
-    settings = {
-        "seed": seed,
-        "sampler": sampler,
-        "steps": steps,
-        "guidance_scale": guidance_scale,
-        "eta": eta,
-        "images_per_identity": images_per_identity,
-        "face_size": face_size,
-    }
-    checkpoint_stat = Path(ldm_checkpoint).stat()
-    _claim_output(
-        out_dir,
-        {
-            **settings,
-            "ldm_checkpoint": str(Path(ldm_checkpoint).resolve()),
-            "ldm_checkpoint_bytes": checkpoint_stat.st_size,
-            "ldm_checkpoint_mtime_ns": checkpoint_stat.st_mtime_ns,
-            "first_stage": str(Path(first_stage_dir).resolve()),
-            "contexts_sha256": hashlib.sha256(context_table.numpy().tobytes()).hexdigest(),
-        },
+    done_marker = Path(done_marker)
+    journal = done_marker.with_name(f".{done_marker.stem}{JOURNAL_SUFFIX}")
+    table = _checked_contexts(contexts, identities)
+    record = content_record(
+        ldm_checkpoint, first_stage, table, settings, images_per_identity, face_size
     )
-    for identity in identities:
-        shutil.rmtree(_temp_folder(out_dir, identity), ignore_errors=True)
-    pending = [i for i in identities if not identity_folder(out_dir, i).is_dir()]
+    _claim_output(out_dir, record)
+    pending, kept = _start_shard(out_dir, identities, journal)
     log.info(
-        "shard %d..%d: %d identities done before, %d to synthesize",
+        "shard %d..%d: %d identities kept, %d to synthesize",
         identities.start,
         identities.stop - 1,
-        len(identities) - len(pending),
+        kept,
         len(pending),
     )
-
-    runtime.set_threads(threads)
-    device = runtime.pick_device()
-    jobs = [(i, k) for i in pending for k in range(images_per_identity)]
-    written = dict.fromkeys(pending, 0)
-    if jobs:
-        generator = FaceGenerator(ldm_checkpoint, first_stage_dir, spec, device, sampler)
+    generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
     started = time.perf_counter()
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        padded = pad_jobs(chunk)
-        faces = generator.faces(
-            context_table[[i for i, _ in padded]],
-            padded,
-            seed,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            eta=eta,
-        )
-        faces = resize_faces(faces[: len(chunk)], face_size)
-        for (identity, k), face in zip(chunk, faces, strict=True):
-            temp = _temp_folder(out_dir, identity)
-            temp.mkdir(parents=True, exist_ok=True)
-            write_png(face, str(temp / f"{k:03d}.png"))
-            written[identity] += 1
-            if written[identity] == images_per_identity:
-                os.replace(temp, identity_folder(out_dir, identity))
-        log.info("%d/%d faces", min(start + batch_size, len(jobs)), len(jobs))
+    images = _generate(generator, table, pending, settings, images_per_identity, face_size, out_dir)
     seconds = time.perf_counter() - started
-
     summary = {
         "first": identities.start,
         "stop": identities.stop,
         "identities": len(identities),
         "synthesized": len(pending),
-        "skipped_complete": len(identities) - len(pending),
-        "images": len(jobs),
+        "skipped_complete": kept,
+        "images": images,
         "sampling_seconds": round(seconds, 3),
-        "images_per_s": round(len(jobs) / seconds, 3) if jobs else None,
-        "device": str(device),
-        "batch_size": batch_size,
-        "settings": settings,
+        "images_per_s": round(images / seconds, 3) if images else None,
+        "device": str(generator.device),
+        "batch_size": settings.batch_size,
+        "settings": {
+            **settings.sampling(),
+            "images_per_identity": images_per_identity,
+            "face_size": face_size,
+        },
         "out_dir": str(out_dir),
         "version": __version__,
     }
-    _atomic_write_text(Path(done_marker), json.dumps(summary, indent=2) + "\n")
+    write_json(done_marker, summary)
+    journal.unlink()
     return summary

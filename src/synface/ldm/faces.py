@@ -17,30 +17,35 @@ from torchvision.transforms.v2 import functional as tvf
 
 from synface import runtime
 from synface.io.images import normalize, to_uint8
-from synface.ldm.first_stage import FirstStageSpec
+from synface.ldm.first_stage import FirstStage
 from synface.ldm.model import load_ldm
 from synface.ldm.sampling import image_noise, make_sampler, sample_latents
+from synface.models.spec import load_backbone
+
+
+def stage_device(threads: int) -> torch.device:
+    """The prelude of every sampling stage: pin torch's threads, then pick the device."""
+    runtime.set_threads(threads)
+    return runtime.pick_device()
 
 
 class FaceGenerator:
-    """A trained LDM with its first-stage decoder, on one device."""
+    """A trained LDM with the first-stage decoder of a folder (weights + ``first_stage.json``),
+    on one device."""
 
-    def __init__(
-        self,
-        ldm_checkpoint: Path,
-        first_stage_dir: Path,
-        spec: FirstStageSpec,
-        device: torch.device,
-        sampler: str = "ddim",
-    ) -> None:
+    def __init__(self, ldm_checkpoint: Path, first_stage_dir: Path, device: torch.device) -> None:
         self.unet, ldm_spec = load_ldm(ldm_checkpoint)
-        _, self.decoder = spec.load(first_stage_dir)
+        self.decoder = FirstStage.load(first_stage_dir).decoder
         self.unet.to(device)
         self.decoder.to(device)
         self.latent_shape = tuple(ldm_spec["latent_shape"])
         self.scheduler_config = ldm_spec["scheduler"]
-        self.sampler = sampler
         self.device = device
+
+    @classmethod
+    def for_stage(cls, ldm_checkpoint: Path, first_stage_dir: Path, threads: int) -> FaceGenerator:
+        """The generator a stage samples with, after the shared prelude (``stage_device``)."""
+        return cls(ldm_checkpoint, first_stage_dir, stage_device(threads))
 
     @torch.inference_mode()
     def faces(
@@ -51,14 +56,14 @@ class FaceGenerator:
         steps: int = 50,
         guidance_scale: float = 1.0,
         eta: float = 0.0,
+        sampler: str = "ddim",
     ) -> torch.Tensor:
         """uint8 (len(jobs), 3, H, W) faces; ``contexts`` holds one row per job, or None for
         the unconditional mode (the empty context)."""
         noise = torch.stack([image_noise(seed, i, k, self.latent_shape) for i, k in jobs])
-        scheduler = make_sampler(self.scheduler_config, self.sampler)
         latents = sample_latents(
             self.unet,
-            scheduler,
+            make_sampler(self.scheduler_config, sampler),
             noise.to(self.device),
             None if contexts is None else contexts.to(self.device),
             steps=steps,
@@ -67,6 +72,17 @@ class FaceGenerator:
         )
         # fp32 even on CUDA: the codebook lookup must pick the codes fp32 distances pick.
         return to_uint8(self.decoder(latents.float())).cpu()
+
+
+class FaceEmbedder:
+    """The embedding model that judges identities (context selection, the identity check)."""
+
+    def __init__(self, weights: Path, device: torch.device) -> None:
+        self.model, self.face_size = load_backbone(weights)
+        self.model.to(device)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return embed_faces(self.model, images, self.face_size)
 
 
 def resize_faces(images: torch.Tensor, size: int) -> torch.Tensor:

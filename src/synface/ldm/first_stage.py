@@ -18,12 +18,23 @@ import torch
 import torch.nn.functional as F
 
 from synface import __version__, checkpoint, runtime
+from synface.io.atomic import write_json
 from synface.ldm.data import ImageBank, step_generator
 from synface.models.vq_f4 import DECODER_FILE, ENCODER_FILE, VQDecoder, VQEncoder, load_first_stage
 
 log = logging.getLogger(__name__)
 
 RUN_CHECKPOINT = "autoencoder_{n}.pt"
+
+
+FIRST_STAGE_JSON = "first_stage.json"
+# What the released CompVis VQ-f4 (first_stage_config.yaml) needs in first_stage.json.
+_COMPVIS_HINT = (
+    '{"ddconfig": {"double_z": false, "z_channels": 3, "resolution": 256, "in_channels": 3, '
+    '"out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4], "num_res_blocks": 2, "attn_resolutions": [], '
+    '"dropout": 0.0}, "embed_dim": 3, "n_embed": 8192} (the first_stage section of '
+    "config/frcsyn.yaml)"
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,41 @@ class FirstStageSpec:
     @property
     def downsampling(self) -> int:
         return 2 ** (len(self.ddconfig["ch_mult"]) - 1)
+
+    def write(self, folder: Path) -> None:
+        """``folder/first_stage.json``, the spec that travels with the two weight files."""
+        write_json(Path(folder) / FIRST_STAGE_JSON, asdict(self))
+
+    @classmethod
+    def read(cls, folder: Path) -> FirstStageSpec:
+        """The spec in ``folder/first_stage.json``, or an error that says what to write there."""
+        path = Path(folder) / FIRST_STAGE_JSON
+        fix = f"write {path} beside the two first_stage_*_state_dict.pt files; for the released "
+        fix += f"CompVis VQ-f4 it is {_COMPVIS_HINT}"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {fix}")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+            return cls(values["ddconfig"], int(values["embed_dim"]), int(values["n_embed"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: not a first-stage spec ({error!r}): {fix}") from None
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """The frozen VQ-f4 of a folder: its two released-format files and ``first_stage.json``.
+
+    Every stage takes the folder alone, as the embedding model and the LDM carry their spec
+    beside their weights."""
+
+    spec: FirstStageSpec
+    encoder: VQEncoder
+    decoder: VQDecoder
+
+    @classmethod
+    def load(cls, folder: Path) -> FirstStage:
+        spec = FirstStageSpec.read(folder)
+        return cls(spec, *spec.load(folder))
 
 
 @dataclass(frozen=True)
@@ -156,4 +202,5 @@ def train_autoencoder(
     out_dir = Path(out_dir)
     checkpoint.atomic_save(encoder.cpu().state_dict(), out_dir / ENCODER_FILE)
     checkpoint.atomic_save(decoder.cpu().state_dict(), out_dir / DECODER_FILE)
+    cfg.spec.write(out_dir)
     return history

@@ -8,21 +8,20 @@ that a weak generator fails while its downstream numbers can still look plausibl
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from synface import runtime
 from synface.embeddings import read_embeddings
-from synface.ldm.faces import FaceGenerator, embed_faces
-from synface.ldm.first_stage import FirstStageSpec
-from synface.models.spec import load_backbone
+from synface.io.atomic import atomic_path, write_json
+from synface.ldm.faces import FaceEmbedder, FaceGenerator
+from synface.settings import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,52 +54,57 @@ def retrieval(sample_embeddings: torch.Tensor, contexts: torch.Tensor) -> Identi
     )
 
 
+@dataclass(frozen=True)
+class IdentityCheckSettings:
+    """How the check samples (config section ``ldm.identity_check``; defaults in the schema)."""
+
+    num_contexts: int
+    samples_per_context: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    batch_size: int
+
+    @classmethod
+    def from_settings(cls, values: dict[str, Any]) -> IdentityCheckSettings:
+        return from_settings(cls, values, "ldm.identity_check")
+
+
 @torch.inference_mode()
 def check_identity(
     ldm_checkpoint: Path,
-    first_stage_dir: Path,
-    spec: FirstStageSpec,
+    first_stage: Path,
     embedding_weights: Path,
     contexts_dir: Path,
     out_json: Path,
-    num_contexts: int = 50,
-    samples_per_context: int = 10,
-    steps: int = 50,
-    guidance_scale: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 100,
+    settings: IdentityCheckSettings,
     threads: int = 1,
 ) -> IdentityCheck:
     """Sample, embed, score; writes ``out_json`` and a grid of samples beside it (``.png``)."""
-    runtime.set_threads(threads)
-    device = runtime.pick_device()
-    generator = FaceGenerator(ldm_checkpoint, first_stage_dir, spec, device)
-    embedder, face_size = load_backbone(embedding_weights)
-    embedder.to(device)
+    n, k = settings.num_contexts, settings.samples_per_context
     all_contexts, _ = read_embeddings(contexts_dir)
-    if len(all_contexts) < num_contexts:
+    if len(all_contexts) < n:
         raise ValueError(
-            f"{contexts_dir} holds {len(all_contexts)} contexts, fewer than the {num_contexts} "
-            "the check asks for"
+            f"{contexts_dir} holds {len(all_contexts)} contexts, fewer than the {n} that "
+            "ldm.identity_check.num_contexts asks for"
         )
-    contexts = torch.from_numpy(np.asarray(all_contexts[:num_contexts], dtype=np.float32))
-    jobs = [(i, k) for i in range(num_contexts) for k in range(samples_per_context)]
+    generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
+    embedder = FaceEmbedder(embedding_weights, generator.device)
+    contexts = torch.from_numpy(np.asarray(all_contexts[:n], dtype=np.float32))
+    jobs = [(i, j) for i in range(n) for j in range(k)]
     embeddings, grid = [], []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    for start in range(0, len(jobs), settings.batch_size):
+        chunk = jobs[start : start + settings.batch_size]
+        rows = contexts[[i for i, _ in chunk]]
         images = generator.faces(
-            contexts[[i for i, _ in chunk]], chunk, seed, steps, guidance_scale
+            rows, chunk, settings.seed, settings.steps, settings.guidance_scale
         )
         if start == 0:
-            grid.append(images[: 8 * samples_per_context])
-        embeddings.append(embed_faces(embedder, images, face_size))
-    samples = torch.cat(embeddings).view(num_contexts, samples_per_context, -1)
-    result = retrieval(samples, F.normalize(contexts, dim=1))
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(asdict(result), indent=2) + "\n")
-    save_image(
-        torch.cat(grid).float() / 255, out_json.with_suffix(".png"), nrow=samples_per_context
-    )
+            grid.append(images[: 8 * k])
+        embeddings.append(embedder(images))
+    result = retrieval(torch.cat(embeddings).view(n, k, -1), F.normalize(contexts, dim=1))
+    write_json(out_json, asdict(result))
+    with atomic_path(Path(out_json).with_suffix(".png")) as tmp:
+        save_image(torch.cat(grid).float() / 255, tmp, format="png", nrow=k)
     log.info("identity check: %s", result)
     return result

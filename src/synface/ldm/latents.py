@@ -22,7 +22,7 @@ from synface import runtime
 from synface.embeddings import read_embeddings
 from synface.io.images import ImageLoader
 from synface.io.manifest import read_manifest
-from synface.ldm.first_stage import FirstStageSpec
+from synface.ldm.first_stage import FirstStage
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,21 @@ def encode_latents(
     manifest: Path,
     embeddings_dir: Path,
     first_stage_dir: Path,
-    spec: FirstStageSpec,
     image_size: int,
     out_dir: Path,
     batch_size: int = 64,
     threads: int = 1,
 ) -> dict[str, object]:
-    """Write ``latents.npy``, ``contexts.npy`` and ``latents.json`` into ``out_dir``."""
+    """Write ``latents.npy``, ``contexts.npy`` and ``latents.json`` into ``out_dir``, encoding
+    with the first stage in ``first_stage_dir`` (weights and ``first_stage.json``)."""
     runtime.set_threads(threads)
     device = runtime.pick_device()
     entries = read_manifest(manifest)
     embeddings, names = read_embeddings(embeddings_dir)
     _check_alignment(manifest, names, len(entries))
-    encoder, _ = spec.load(first_stage_dir)
-    encoder.to(device)
+    first_stage = FirstStage.load(first_stage_dir)
+    spec = first_stage.spec
+    encoder = first_stage.encoder.to(device)
     latent_side = image_size // spec.downsampling
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

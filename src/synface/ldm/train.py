@@ -26,7 +26,7 @@ from torchvision.utils import save_image
 from synface import __version__, checkpoint, runtime
 from synface.ldm.data import step_generator, step_seed
 from synface.ldm.ema import EMA
-from synface.ldm.first_stage import FirstStageSpec
+from synface.ldm.first_stage import FirstStage
 from synface.ldm.latents import LatentCache
 from synface.ldm.sampling import make_sampler, sample_latents
 from synface.models import build_model
@@ -185,7 +185,7 @@ def train_ldm(
     out_checkpoint: Path,
     run_dir: Path,
     cfg: LDMTrainConfig,
-    first_stage: tuple[Path, FirstStageSpec] | None = None,
+    first_stage: Path | None = None,
     threads: int = 1,
 ) -> list[dict[str, float]]:
     """Train until ``cfg.steps``, resuming from ``run_dir``.
@@ -225,7 +225,7 @@ def train_ldm(
         )
     decoder = None
     if first_stage is not None and dist_info.is_main:
-        decoder = first_stage[1].load(first_stage[0])[1].to(device)
+        decoder = FirstStage.load(first_stage).decoder.to(device)
     if dist_info.is_main:
         log.info(
             "training the LDM (%.2fM parameters) on %d latents %s: global batch %d = %d x %d, "
