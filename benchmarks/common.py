@@ -23,9 +23,17 @@ from tempfile import TemporaryDirectory
 import numpy as np
 from PIL import Image
 
-from synface.demo_world.render import render_face, sample_identity, sample_nuisance
-from synface.demo_world.world import DEFAULT_TRAIN_NUISANCE
+from synface.demo_world.render import (
+    NuisanceStrength,
+    render_face,
+    sample_identity,
+    sample_nuisance,
+)
 from synface.packing import JPEG_QUALITY
+from synface.settings import from_settings
+
+# The demo world's training nuisances (the schema's demo_world.train_nuisance).
+TRAIN_NUISANCE = from_settings(NuisanceStrength, {}, "demo_world.train_nuisance")
 
 
 def add_common_args(parser: argparse.ArgumentParser, images: int, identities: int) -> None:
@@ -48,7 +56,7 @@ def _render_jpeg(task: tuple[int, int, int, int]) -> bytes:
     files (the identity's stream depends only on its label)."""
     seed, label, n, size = task
     identity = sample_identity(np.random.default_rng([seed, 0, label]))
-    nuisance = sample_nuisance(np.random.default_rng([seed, 1, label, n]), DEFAULT_TRAIN_NUISANCE)
+    nuisance = sample_nuisance(np.random.default_rng([seed, 1, label, n]), TRAIN_NUISANCE)
     buffer = io.BytesIO()
     # The packers' quality with Pillow's default 4:2:0 chroma, as OpenCV's imencode wrote the real
     # datasets' faces (the demo world itself keeps 4:4:4 for its 32 px images).

@@ -22,7 +22,6 @@ from synface.demo_world.render import (
     sample_nuisance,
 )
 from synface.demo_world.world import (
-    DEFAULT_BENCHMARKS,
     NUM_FOLDS,
     DemoWorldConfig,
     benchmark_identity,
@@ -36,10 +35,15 @@ from synface.io.binpack import read_bin
 PACKS = ("lfw", "cfp_fp", "cplfw", "agedb_30", "calfw")
 
 
+def _default(**settings: object) -> DemoWorldConfig:
+    """The schema's default world, at the demo's 32 px."""
+    return DemoWorldConfig.from_settings({"image_size": 32, **settings})
+
+
 def _tiny(**settings: object) -> DemoWorldConfig:
     packs = {name: {"pairs_per_fold": 2, "identities_per_fold": 2} for name in PACKS}
     base = {"seed": 5, "train_identities": 3, "images_per_identity": 2, "benchmarks": packs}
-    return DemoWorldConfig.from_dict({**base, **settings})
+    return _default(**{**base, **settings})
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -99,7 +103,7 @@ def test_layout_and_manifest(tiny_world: tuple[DemoWorldConfig, Path, dict]) -> 
     )
     assert json.loads((out / "world.json").read_text()) == summary
     assert summary["counts"]["train_images"] == len(lines)
-    assert DemoWorldConfig.from_dict(summary["config"]) == cfg
+    assert DemoWorldConfig.from_settings(summary["config"]) == cfg
 
 
 @pytest.mark.parametrize("name", PACKS)
@@ -117,7 +121,7 @@ def test_packs_hold_ten_folds_of_genuine_then_impostor_pairs(
 
 
 def test_benchmark_identities_are_disjoint_from_training() -> None:
-    cfg = DemoWorldConfig()
+    cfg = _default()
     train = {train_identity(cfg, i) for i in range(cfg.train_identities)}
     assert len(train) == cfg.train_identities
     for name, spec in cfg.benchmarks.items():
@@ -130,7 +134,7 @@ def test_benchmark_identities_are_disjoint_from_training() -> None:
 
 def test_strength_zero_renders_an_identity_identically() -> None:
     identity = sample_identity(np.random.default_rng(1))
-    off = NuisanceStrength()
+    off = NuisanceStrength.uniform(0.0)
     renders = [
         render_face(identity, sample_nuisance(np.random.default_rng(seed), off), 32)
         for seed in range(3)
@@ -210,26 +214,23 @@ def test_switching_one_nuisance_off_keeps_the_others() -> None:
 )
 def test_bad_settings_name_the_key(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        DemoWorldConfig.from_dict(settings)
+        _default(**settings)
 
 
 def test_partial_benchmark_settings_start_from_the_default_pack() -> None:
-    cfg = DemoWorldConfig.from_dict(
-        {"benchmarks": {"cfp_fp": {"nuisance": {"noise": 0.0}}, "lfw": None}}
-    )
+    default = _default().benchmarks
+    cfg = _default(benchmarks={"cfp_fp": {"nuisance": {"noise": 0.0}}, "lfw": None})
     assert list(cfg.benchmarks) == ["cfp_fp", "lfw"]
     assert cfg.benchmarks["cfp_fp"].stress == "frontal_profile"
-    assert cfg.benchmarks["cfp_fp"].nuisance == replace(
-        DEFAULT_BENCHMARKS["cfp_fp"].nuisance, noise=0.0
-    )
-    assert cfg.benchmarks["lfw"] == DEFAULT_BENCHMARKS["lfw"]
+    assert cfg.benchmarks["cfp_fp"].nuisance == replace(default["cfp_fp"].nuisance, noise=0.0)
+    assert cfg.benchmarks["lfw"] == default["lfw"]
 
 
 @pytest.mark.parametrize("name", ["cfp_fp", "cplfw", "agedb_30"])
 def test_hard_packs_defeat_raw_pixel_matching(name: str) -> None:
     # The default-size pack: if raw-pixel cosine could verify its pairs, a recognition model
     # scoring well on it would prove nothing.
-    images, issame = render_benchmark(DemoWorldConfig(), name)
+    images, issame = render_benchmark(_default(), name)
     pixels = l2_normalize(np.stack([_decode(image).ravel() for image in images]).astype(float))
     accuracy, _, _ = kfold_accuracy(pixels[0::2], pixels[1::2], issame)
     assert accuracy < 0.8

@@ -40,9 +40,10 @@ PINNED_SHA256 = {
 
 
 def test_a_small_demo_world_has_the_pinned_bytes(tmp_path: Path) -> None:
-    cfg = DemoWorldConfig.from_dict(
+    cfg = DemoWorldConfig.from_settings(
         {
             "seed": 3,
+            "image_size": 32,
             "train_identities": 2,
             "images_per_identity": 2,
             "heldout_identities": 1,

@@ -174,7 +174,9 @@ def test_the_shipped_demo_weights_know_their_identity(tmp_path: Path) -> None:
     on held-out faces given as a manifest (``ldm.identity_check.faces: <manifest>``): the
     workflow embeds them with the exported model, and the check reads those embeddings."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    world = DemoWorldConfig.from_dict({**config["demo_world"], "image_size": config["face_size"]})
+    world = DemoWorldConfig.from_settings(
+        {**config["demo_world"], "image_size": config["face_size"]}
+    )
     lines = []
     for i in range(12):
         face = render_face(heldout_identity(world, i), Nuisance(), config["face_size"])

@@ -40,7 +40,7 @@ def _named_path(text: str) -> tuple[str, Path]:
 def run_demo_world(args: argparse.Namespace) -> None:
     from synface.demo_world.world import DemoWorldConfig, build_demo_world
 
-    build_demo_world(DemoWorldConfig.from_dict(args.settings), args.out, workers=args.threads)
+    build_demo_world(DemoWorldConfig.from_settings(args.settings), args.out, workers=args.threads)
 
 
 def run_manifest(args: argparse.Namespace) -> None:
@@ -272,7 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("demo-world", run_demo_world, "render the procedural demo world")
     sub.add_argument("--out", type=Path, required=True, help="output folder")
-    sub.add_argument("--settings", type=_settings, default={}, help="demo_world config (JSON)")
+    sub.add_argument(
+        "--settings",
+        type=_settings,
+        required=True,
+        help="the demo_world config plus image_size (JSON), e.g. '{\"image_size\": 32}'",
+    )
     sub.add_argument("--threads", type=int, default=1)
 
     sub = command("manifest", run_manifest, "write a dataset manifest (path<TAB>label)")

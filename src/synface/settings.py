@@ -8,6 +8,7 @@ hand-run ``synface <stage> --settings '{...}'`` and a Snakemake rule build the s
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Mapping
@@ -36,23 +37,36 @@ def _schema() -> dict[str, Any]:
 
 
 def _resolve(node: dict[str, Any]) -> dict[str, Any]:
-    """Follow a local ``$ref`` (``#/$defs/name``)."""
+    """Follow a local ``$ref`` (``#/$defs/name``); keys beside it (a ``default`` that one use
+    of a shared definition has, e.g. ``demo_world.train_nuisance``) win over the target's."""
     while "$ref" in node:
         target: Any = _schema()
         for part in node["$ref"].removeprefix("#/").split("/"):
             target = target[part]
-        node = target
+        node = {**target, **{key: value for key, value in node.items() if key != "$ref"}}
     return node
 
 
 def _section_schema(section: str) -> dict[str, Any]:
+    """The schema of a dotted section; a name that is not a property follows the object's
+    ``additionalProperties`` schema (a map's entries, e.g. ``demo_world.benchmarks.lfw``)."""
     node = _resolve(_schema())
     for part in section.split("."):
-        properties = node.get("properties", {})
-        if part not in properties:
+        entries = node.get("additionalProperties")
+        sub = node.get("properties", {}).get(part, entries)
+        if not isinstance(sub, dict):
             raise SettingsError(f"the config schema has no section '{section}'")
-        node = _resolve(properties[part])
+        node = _resolve(sub)
     return node
+
+
+def _default_of(node: dict[str, Any]) -> Any:
+    """A node's default: its own ``default`` over the defaults of its properties. An object's
+    ``default: {}`` only makes the section exist; a complete one (``demo_world.train_nuisance``)
+    replaces what its shared definition says."""
+    if "properties" not in node:
+        return node.get("default", {})
+    return {**_defaults(node), **node.get("default", {})}
 
 
 def _defaults(node: dict[str, Any]) -> dict[str, Any]:
@@ -60,16 +74,17 @@ def _defaults(node: dict[str, Any]) -> dict[str, Any]:
     values = {}
     for key, sub in node.get("properties", {}).items():
         sub = _resolve(sub)
-        if "default" in sub:
-            values[key] = sub["default"]
-        elif sub.get("type") == "object" and "properties" in sub:
-            values[key] = _defaults(sub)
+        if "default" in sub or (sub.get("type") == "object" and "properties" in sub):
+            values[key] = _default_of(sub)
     return values
 
 
 def schema_defaults(section: str) -> dict[str, Any]:
-    """The defaults of a dotted config section, e.g. ``schema_defaults("ldm.train")``."""
-    return _defaults(_section_schema(section))
+    """The defaults of a dotted config section, e.g. ``schema_defaults("ldm.train")``.
+
+    A copy: callers may change it without changing the cached schema.
+    """
+    return copy.deepcopy(_default_of(_section_schema(section)))
 
 
 def from_settings(cls: type[T], values: Mapping[str, Any], section: str) -> T:

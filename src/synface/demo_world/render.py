@@ -161,18 +161,20 @@ class Nuisance:
 
 @dataclass(frozen=True)
 class NuisanceStrength:
-    """Per-nuisance strength: 0 switches it off, 1 spans its nominal range."""
+    """Per-nuisance strength: 0 switches it off, 1 spans its nominal range. The config's
+    strengths (``demo_world.train_nuisance``, a pack's ``nuisance``) take their defaults from
+    the schema; `uniform` builds one by hand."""
 
-    yaw: float = 0.0
-    roll: float = 0.0
-    translation: float = 0.0
-    scale: float = 0.0
-    illumination: float = 0.0
-    expression: float = 0.0
-    age: float = 0.0
-    blur: float = 0.0
-    noise: float = 0.0
-    background: float = 0.0
+    yaw: float
+    roll: float
+    translation: float
+    scale: float
+    illumination: float
+    expression: float
+    age: float
+    blur: float
+    noise: float
+    background: float
 
     def __post_init__(self) -> None:
         for field in fields(self):

@@ -38,6 +38,7 @@ from synface.demo_world.render import (
     sample_nuisance,
 )
 from synface.io.binpack import write_bin
+from synface.settings import from_settings, schema_defaults
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ def _check_int(key: str, value: object, minimum: int) -> None:
         raise ValueError(f"{key} is {value!r}; give an integer >= {minimum}")
 
 
-def _whole(default: int, minimum: int) -> Any:
+def _whole(minimum: int) -> Any:
     """A whole-number setting with the smallest value it takes, checked by `_check_wholes`."""
-    return field(default=default, metadata={"minimum": minimum})
+    return field(metadata={"minimum": minimum})
 
 
 def _check_wholes(settings: Any) -> None:
@@ -80,13 +81,14 @@ def _check_keys(where: str, settings: object, allowed: Iterable[str]) -> None:
 @dataclass(frozen=True)
 class BenchmarkSpec:
     """One verification pack: which nuisance its pairs stress, on top of `nuisance` for both
-    images, and how big it is (`NUM_FOLDS` folds of `pairs_per_fold` pairs, half genuine)."""
+    images, and how big it is (`NUM_FOLDS` folds of `pairs_per_fold` pairs, half genuine).
+    The default packs are config ``demo_world.benchmarks``' schema defaults."""
 
     stress: str
     nuisance: NuisanceStrength
-    pairs_per_fold: int = _whole(30, minimum=2)
+    pairs_per_fold: int = _whole(minimum=2)
     # An impostor pair needs two different people from the fold's pool.
-    identities_per_fold: int = _whole(10, minimum=2)
+    identities_per_fold: int = _whole(minimum=2)
 
     def __post_init__(self) -> None:
         if self.stress not in STRESSES:
@@ -101,38 +103,22 @@ class BenchmarkSpec:
             )
 
 
-# What both images of a pack's pair draw their nuisances from; `_stress` then overrides the
-# nuisance the pack is about.
-_MILD = NuisanceStrength.uniform(0.5, yaw=0.3, age=0.3, blur=0.3, noise=0.3, background=0.6)
-_MODERATE = NuisanceStrength.uniform(0.7, yaw=0.4, age=0.4, blur=0.5, noise=0.5, background=0.8)
-
-DEFAULT_BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "lfw": BenchmarkSpec("mild", _MILD),
-    "cfp_fp": BenchmarkSpec("frontal_profile", _MILD),
-    "cplfw": BenchmarkSpec("cross_pose", _MODERATE),
-    "agedb_30": BenchmarkSpec("age_gap", _MILD),
-    "calfw": BenchmarkSpec("cross_age", _MODERATE),
-}
-
-DEFAULT_TRAIN_NUISANCE = NuisanceStrength.uniform(0.6, blur=0.4, noise=0.4)
-
-
 @dataclass(frozen=True)
 class DemoWorldConfig:
-    """Everything that determines the demo world's bytes."""
+    """Everything that determines the demo world's bytes; built by `from_settings`, which
+    takes the defaults from config ``demo_world``'s schema."""
 
-    seed: int = _whole(0, minimum=0)
-    image_size: int = _whole(32, minimum=8)
-    train_identities: int = _whole(300, minimum=1)
-    images_per_identity: int = _whole(20, minimum=1)
+    seed: int = _whole(minimum=0)
+    # The workflow's face_size; no default, since the schema's face_size is the paper's.
+    image_size: int = _whole(minimum=8)
+    train_identities: int = _whole(minimum=1)
+    images_per_identity: int = _whole(minimum=1)
     # People outside training and the packs, one neutral face each: the held-out contexts of
     # the generator's identity check.
-    heldout_identities: int = _whole(100, minimum=0)
-    num_identity_factors: int = _whole(len(IDENTITY_FACTORS), minimum=0)
-    train_nuisance: NuisanceStrength = DEFAULT_TRAIN_NUISANCE
-    benchmarks: Mapping[str, BenchmarkSpec] = field(
-        default_factory=lambda: dict(DEFAULT_BENCHMARKS)
-    )
+    heldout_identities: int = _whole(minimum=0)
+    num_identity_factors: int = _whole(minimum=0)
+    train_nuisance: NuisanceStrength
+    benchmarks: Mapping[str, BenchmarkSpec]
 
     def __post_init__(self) -> None:
         _check_wholes(self)
@@ -148,8 +134,9 @@ class DemoWorldConfig:
                 )
 
     @classmethod
-    def from_dict(cls, settings: Mapping[str, Any]) -> DemoWorldConfig:
-        """Build from the YAML `demo_world` section; missing keys keep their defaults.
+    def from_settings(cls, settings: Mapping[str, Any]) -> DemoWorldConfig:
+        """Build from the YAML `demo_world` section plus `image_size` (the workflow's
+        face_size); keys left out take the schema's defaults, nested ones included.
 
         `benchmarks` maps pack names to their settings; a pack named like a default pack
         (lfw, cfp_fp, cplfw, agedb_30, calfw) starts from that pack's settings. Giving the key
@@ -157,43 +144,47 @@ class DemoWorldConfig:
         """
         _check_keys("demo_world", settings, [f.name for f in fields(cls)])
         values = dict(settings)
-        if "train_nuisance" in values:
-            values["train_nuisance"] = _strength(
-                "demo_world.train_nuisance", values["train_nuisance"], DEFAULT_TRAIN_NUISANCE
+        values["train_nuisance"] = _strength(
+            "demo_world.train_nuisance", values.get("train_nuisance", {})
+        )
+        packs = values.get("benchmarks", schema_defaults("demo_world.benchmarks"))
+        if not isinstance(packs, Mapping):
+            raise ValueError(
+                "demo_world.benchmarks must map pack names to settings, e.g. "
+                "{lfw: {pairs_per_fold: 30}}"
             )
-        if "benchmarks" in values:
-            packs = values["benchmarks"]
-            if not isinstance(packs, Mapping):
-                raise ValueError(
-                    "demo_world.benchmarks must map pack names to settings, e.g. "
-                    "{lfw: {pairs_per_fold: 30}}"
-                )
-            values["benchmarks"] = {name: _benchmark(name, spec) for name, spec in packs.items()}
-        return cls(**values)
+        values["benchmarks"] = {name: _benchmark(name, spec) for name, spec in packs.items()}
+        return from_settings(cls, values, "demo_world")
 
     def to_dict(self) -> dict[str, Any]:
-        """The inverse of `from_dict`, JSON-ready."""
+        """The inverse of `from_settings`, JSON-ready."""
         return asdict(self)
 
 
-def _strength(where: str, settings: object, base: NuisanceStrength) -> NuisanceStrength:
+def _strength(
+    where: str, settings: object, base: Mapping[str, float] | None = None
+) -> NuisanceStrength:
+    """`settings` over `base` (a default pack's nuisance) over the schema defaults of `where`."""
     _check_keys(where, settings, [f.name for f in fields(NuisanceStrength)])
-    return replace(base, **settings)
+    return from_settings(NuisanceStrength, {**(base or {}), **settings}, where)
 
 
 def _benchmark(name: str, settings: object) -> BenchmarkSpec:
+    """Pack `name`: `settings` over the default pack of that name (if any) over the defaults
+    every pack shares."""
     where = f"demo_world.benchmarks.{name}"
     settings = {} if settings is None else settings  # a bare `lfw:` in YAML: all defaults
     _check_keys(where, settings, [f.name for f in fields(BenchmarkSpec)])
-    values = dict(settings)
-    default = DEFAULT_BENCHMARKS.get(name)
-    if default is None and "stress" not in values:
+    default = schema_defaults("demo_world.benchmarks").get(name, {})
+    values = {**default, **settings}
+    if "stress" not in values:
         raise ValueError(
             f"{where} is not a default pack, so it needs a stress: one of {', '.join(STRESSES)}"
         )
-    base = default.nuisance if default else NuisanceStrength()
-    values["nuisance"] = _strength(f"{where}.nuisance", values.get("nuisance", {}), base)
-    return replace(default, **values) if default else BenchmarkSpec(**values)
+    values["nuisance"] = _strength(
+        f"{where}.nuisance", settings.get("nuisance", {}), default.get("nuisance")
+    )
+    return from_settings(BenchmarkSpec, values, where)
 
 
 def _rng(seed: int, purpose: str, *index: int) -> np.random.Generator:
