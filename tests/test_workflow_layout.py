@@ -131,3 +131,19 @@ def test_a_uniform_set_with_oversampling_is_refused(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-n", configfiles=(BASE, MICRO, diff))
     assert result.returncode != 0
     assert "datasets.uniform_100.oversample is 5" in result.stdout + result.stderr
+
+
+def test_the_readme_recipe_for_one_job_again_reruns_that_job_only(tmp_path: Path) -> None:
+    """The README's "one job again" line, run as written (it replaced `-R train_recognition
+    --until train_recognition`, which ended in "Out of jobs ready to be started")."""
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.endswith("# one job again")]
+    args = line.split("#")[0].split()
+    assert args[:3] == ["snakemake", "--cores", "all"], line
+    first = snakemake(tmp_path, *args[3:])
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    again = snakemake(tmp_path, *args[3:])
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert "rule train_recognition:" in output
+    assert "1 of 1 steps (100%) done" in output
