@@ -27,9 +27,9 @@ demo: $(STAMP)
 
 # Remake the shipped demo-world weights (embedding model, first stage, LDM) with the workflow's
 # own rules and record their provenance in demo_weights/PROVENANCE.json. Hours on 2 CPU cores;
-# minutes on one GPU.
+# minutes on one GPU. --force: the shipped PROVENANCE.json exists, so without it nothing runs.
 demo-weights: $(STAMP)
-	$(SNAKEMAKE) --config use_demo_weights=False -- demo_weights/PROVENANCE.json
+	$(SNAKEMAKE) --config use_demo_weights=False --force -- demo_weights/PROVENANCE.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,7 @@ min_version("9.20")
 # datasets never leak into a paper-scale run through Snakemake's config merging.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
@@ -34,3 +34,26 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# Partial targets (README "Running parts of the pipeline"): `snakemake --cores all <name>`.
+rule recognition_real:
+    input:
+        expand(rules.evaluate.output.json, dataset=SOURCED),
+
+
+rule ldm:
+    input:
+        get_ldm_checkpoint(),
+        get_identity_check_report(),
+
+
+rule synthetic_sets:
+    input:
+        expand("results/datasets/{dataset}/manifest.tsv", dataset=[*SYNTHETIC, *CONTEXT_ONLY]),
+        get_consistency_reports(),
+
+
+rule evaluations:
+    input:
+        rules.results_table.output,

@@ -3,66 +3,55 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from synface.configcheck import ConfigError, read_sources, validate_config
+from synface.configcheck import ConfigError, config_sources, validate_config
 from synface.evaluation.table import COLUMNS as BENCHMARKS
+
+# The checkout: the schema and the shipped demo weights are found beside the Snakefile, so
+# `snakemake -s <checkout>/Snakefile --directory <elsewhere>` works. Results and user data
+# (resources/) are relative to the working directory.
+CHECKOUT = Path(workflow.basedir)
+DEMO_WEIGHTS = CHECKOUT / "demo_weights"
 
 try:
     validate_config(
         config,
-        Path(workflow.basedir) / "workflow/schemas/config.schema.yaml",
-        {
-            **read_sources([Path(path) for path in workflow.configfiles]),
-            "--config": workflow.config_settings.overwrite_config,
-        },
+        CHECKOUT / "workflow/schemas/config.schema.yaml",
+        config_sources(workflow.configfiles, workflow.config_settings.overwrite_config),
     )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
 DATASETS = list(config["datasets"])
+SYNTHETIC = [n for n, d in config["datasets"].items() if d["source"] == "synthetic"]
+CONTEXT_ONLY = [n for n, d in config["datasets"].items() if d["source"] == "context_faces"]
+SOURCED = [n for n, d in config["datasets"].items() if d["source"] in ("demo", "folder")]
+FACESETS = [*DATASETS, "heldout", "candidates", *(f"synthetic_{name}" for name in SYNTHETIC)]
 
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
+    faceset="|".join(FACESETS),
+    set="|".join(SYNTHETIC) or "^$",
 
 
 def is_demo(source):
     return source["source"] == "demo"
 
 
-def check_real_inputs():
-    """Fail at start-up, before any job runs, when user-supplied data is not in place."""
-    problems = []
-    for name, dataset in config["datasets"].items():
-        if dataset["source"] != "folder":
-            continue
-        folder = Path(dataset.get("path", ""))
-        if not dataset.get("path") or not folder.is_dir():
-            problems.append(
-                f"datasets.{name}: image folder '{folder}' not found. Put the aligned 112x112 "
-                f"faces there as <identity>/<n>.jpg (e.g. CASIA-WebFace, see README "
-                f"'Running on real data'), or set datasets.{name}.path"
-            )
-    if not is_demo(config["benchmarks"]):
-        folder = Path(config["benchmarks"]["path"])
-        missing = [n for n in BENCHMARKS if not (folder / f"{n}.bin").exists()]
-        if missing:
-            problems.append(
-                f"benchmarks: {', '.join(f'{folder}/{n}.bin' for n in missing)} not found. "
-                "Copy the insightface verification packs (from the faces_emore / MS1M-ArcFace "
-                "download) there, or set benchmarks.path"
-            )
-    if problems:
-        raise WorkflowError("missing real inputs:\n  " + "\n  ".join(problems))
-
-
-check_real_inputs()
-
-
-def folder_of(item):
-    """A params function: the folder of input ``item`` (stages take folders, rules track files)."""
+def input_folder(key):
+    """A params function: the folder of input ``key`` (stages take folders, rules track files)."""
 
     def folder(wildcards, input):
-        return str(Path(input[item]).parent)
+        return str(Path(input[key]).parent)
+
+    return folder
+
+
+def output_folder(key):
+    """A params function: the folder of output ``key``, where a stage writes its files."""
+
+    def folder(wildcards, output):
+        return str(Path(output[key]).parent)
 
     return folder
 
@@ -72,16 +61,15 @@ def settings(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def get_final_output():
-    outputs = [
-        "results/tables/results.md",
-        "results/tables/results.csv",
-        "results/tables/results.json",
-    ]
-    if config["ldm"]["identity_check"]["faces"]:
-        outputs.append("results/ldm/identity_check.json")
-    outputs += [f"results/consistency/{name}.json" for name in SYNTHETIC]
-    return outputs
+def launcher(section):
+    """One process per GPU through torchrun when a job gets several; plain synface otherwise."""
+    gpus = config[section]["gpus"]
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus} --module synface.cli"
+    return "synface"
+
+
+# --- the recognition half --------------------------------------------------------------------
 
 
 def get_demo_world_params():
@@ -90,7 +78,7 @@ def get_demo_world_params():
 
 def get_dataset_manifest_input(wildcards):
     if is_demo(config["datasets"][wildcards.dataset]):
-        return {"manifest": "results/demo_world/train/manifest.tsv"}
+        return {"manifest": rules.demo_world.output.manifest}
     return {"images": config["datasets"][wildcards.dataset]["path"]}
 
 
@@ -102,7 +90,7 @@ def get_dataset_manifest_source(wildcards, input):
 
 def get_benchmark_packs():
     if is_demo(config["benchmarks"]):
-        return {n: f"results/demo_world/benchmarks/{n}.bin" for n in BENCHMARKS}
+        return dict(zip(BENCHMARKS, rules.demo_world.output.packs))
     return {n: f"{config['benchmarks']['path']}/{n}.bin" for n in BENCHMARKS}
 
 
@@ -127,54 +115,17 @@ def get_train_recognition_params():
     )
 
 
-def get_train_recognition_launcher():
-    """One process per GPU through torchrun when a job gets several (specs/snakemake.md §4)."""
-    gpus = config["recognition"]["gpus"]
-    if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} --module synface.cli"
-    return "synface"
-
-
 def get_results_table_rows(wildcards, input):
     return " ".join(
         f"--row '{config['datasets'][name]['label']}={input[name]}'" for name in DATASETS
     )
 
 
-# --- the generative half -------------------------------------------------------------------
-
-DEMO_WEIGHTS = Path("demo_weights")
-FACESETS = [*DATASETS, "heldout"]
+def get_final_output():
+    return [*rules.results_table.output, *get_identity_check_report(), *get_consistency_reports()]
 
 
-def check_demo_weights():
-    """The shipped weights fit only the world and architectures they were trained for."""
-    provenance_path = DEMO_WEIGHTS / "PROVENANCE.json"
-    if not provenance_path.exists():
-        raise WorkflowError(
-            f"{provenance_path} is missing: run `make demo-weights` to make the demo weights, "
-            "or set use_demo_weights: false to train every component in the workflow"
-        )
-    recorded = json.loads(provenance_path.read_text())["config"]
-    for key in ("face_size", "demo_world", "first_stage", "ldm"):
-        mine = config.get(key)
-        theirs = recorded.get(key)
-        if key == "ldm":
-            mine = {k: mine[k] for k in ("image_size", "unet")}
-            theirs = {k: theirs[k] for k in ("image_size", "unet")}
-        elif key == "first_stage":
-            mine = {k: mine[k] for k in ("ddconfig", "embed_dim", "n_embed")}
-            theirs = {k: theirs[k] for k in ("ddconfig", "embed_dim", "n_embed")}
-        if mine != theirs:
-            raise WorkflowError(
-                f"config key '{key}' differs from the one the shipped demo weights were made "
-                f"with ({provenance_path}): restore it, set use_demo_weights: false to train "
-                "everything from scratch, or remake the weights with `make demo-weights`"
-            )
-
-
-if config["use_demo_weights"]:
-    check_demo_weights()
+# --- the generative half ---------------------------------------------------------------------
 
 
 def component_source(section):
@@ -187,34 +138,33 @@ def get_embedding_weights():
     if source == "demo":
         return str(DEMO_WEIGHTS / "embedding" / "backbone.pth")
     if source == "trained":
-        return f"results/recognition/{config['embedding']['dataset']}/backbone.pth"
+        return rules.train_recognition.output.backbone.format(
+            dataset=config["embedding"]["dataset"]
+        )
     return config["embedding"]["weights"]
 
 
 def get_embedding_files():
     weights = get_embedding_weights()
-    return {"weights": weights, "spec": str(Path(weights).with_suffix(".json"))}
+    return {"weights": weights, "embedding_spec": str(Path(weights).with_suffix(".json"))}
 
 
-def get_first_stage_dir():
-    source = component_source("first_stage")
-    if source == "demo":
-        return str(DEMO_WEIGHTS / "first_stage")
-    if source == "trained":
-        return "results/first_stage"
-    return config["first_stage"]["path"]
+FIRST_STAGE_FILES = {
+    "encoder": "first_stage_encoder_state_dict.pt",
+    "decoder": "first_stage_decoder_state_dict.pt",
+    "spec": "first_stage.json",
+}
 
 
 def get_first_stage_files(wildcards):
-    folder = Path(get_first_stage_dir())
-    return {
-        "encoder": str(folder / "first_stage_encoder_state_dict.pt"),
-        "decoder": str(folder / "first_stage_decoder_state_dict.pt"),
-    }
-
-
-def get_first_stage_spec():
-    return settings({k: config["first_stage"][k] for k in ("ddconfig", "embed_dim", "n_embed")})
+    """The first stage's folder: its two state dicts and first_stage.json (its architecture)."""
+    source = component_source("first_stage")
+    if source == "trained":
+        return dict(rules.train_autoencoder.output.items())
+    folder = (
+        DEMO_WEIGHTS / "first_stage" if source == "demo" else Path(config["first_stage"]["path"])
+    )
+    return {key: str(folder / name) for key, name in FIRST_STAGE_FILES.items()}
 
 
 def get_ldm_checkpoint():
@@ -222,19 +172,22 @@ def get_ldm_checkpoint():
     if source == "demo":
         return str(DEMO_WEIGHTS / "ldm" / "ema_averaged_model.ckpt")
     if source == "trained":
-        return "results/ldm/ema_averaged_model.ckpt"
+        return rules.train_ldm.output.checkpoint
     return config["ldm"]["checkpoint"]
 
 
 def get_faceset_manifest(wildcards):
-    if wildcards.faceset == "heldout":
+    faceset = wildcards.faceset
+    if faceset == "heldout":
         faces = config["ldm"]["identity_check"]["faces"]
-        return "results/demo_world/heldout/manifest.tsv" if faces == "demo" else faces
-    if wildcards.faceset == "candidates":
-        return "results/contexts/candidates/manifest.tsv"
-    if wildcards.faceset.startswith("synthetic_"):
-        return f"results/synthetic/{wildcards.faceset.removeprefix('synthetic_')}/manifest.tsv"
-    return f"results/datasets/{wildcards.faceset}/manifest.tsv"
+        return rules.demo_world.output.heldout_manifest if faces == "demo" else faces
+    if faceset == "candidates":
+        return rules.make_context_candidates.output.manifest
+    if faceset.startswith("synthetic_"):
+        return rules.synthetic_set_manifest.output.synthetic.format(
+            set=faceset.removeprefix("synthetic_")
+        )
+    return f"results/datasets/{faceset}/manifest.tsv"
 
 
 def get_train_autoencoder_params():
@@ -243,13 +196,6 @@ def get_train_autoencoder_params():
     return settings(
         {"spec": spec, "image_size": config["ldm"]["image_size"], **first_stage["train"]}
     )
-
-
-def get_train_ldm_launcher():
-    gpus = config["ldm"]["gpus"]
-    if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} --module synface.cli"
-    return "synface"
 
 
 def get_train_ldm_params():
@@ -296,16 +242,6 @@ def get_machine_description():
 
 # --- synthetic people ------------------------------------------------------------------------
 
-SYNTHETIC = [n for n, d in config["datasets"].items() if d["source"] == "synthetic"]
-CONTEXT_ONLY = [n for n, d in config["datasets"].items() if d["source"] == "context_faces"]
-SOURCED = [n for n, d in config["datasets"].items() if d["source"] in ("demo", "folder")]
-FACESETS.extend(["candidates", *(f"synthetic_{name}" for name in SYNTHETIC)])
-
-
-wildcard_constraints:
-    faceset="|".join(FACESETS),
-    set="|".join(SYNTHETIC) or "^$",
-
 
 def check_synthetic_sets():
     for name in [*SYNTHETIC, *CONTEXT_ONLY]:
@@ -319,9 +255,24 @@ def check_synthetic_sets():
                 f"config key datasets.{name} (source {dataset['source']}) needs "
                 f"{', '.join(missing)}"
             )
+        if dataset.get("contexts") == "uniform" and dataset["oversample"]:
+            raise WorkflowError(
+                f"config key datasets.{name}.oversample is {dataset['oversample']}, but uniform "
+                "contexts have no context faces to add: set oversample: 0"
+            )
 
 
 check_synthetic_sets()
+
+
+def uses_selected_contexts():
+    return bool(CONTEXT_ONLY) or any(
+        config["datasets"][n]["contexts"] == "selected" for n in SYNTHETIC
+    )
+
+
+def uses_generator():
+    return bool(SYNTHETIC or CONTEXT_ONLY or config["ldm"]["identity_check"]["faces"])
 
 
 def get_selected_identities():
@@ -343,21 +294,33 @@ def get_uniform_identities():
     return max(sizes, default=0)
 
 
-def get_candidates_dir():
-    """Candidate embeddings: ADMIS's released ones for a database that ships them, else ours."""
-    if config["contexts"]["source"] == "database" and config["contexts"]["embed_npy"]:
-        return "results/contexts/candidates/imported"
-    return "results/embeddings/candidates"
+def imports_candidate_embeddings():
+    """A context database that ships ADMIS's embeddings: they are imported, not recomputed."""
+    contexts = config["contexts"]
+    return contexts["source"] == "database" and bool(contexts["embed_npy"])
 
 
-def get_make_context_candidates_args(wildcards, input):
+def get_make_context_candidates_output():
+    outputs = {"manifest": "results/contexts/candidates/manifest.tsv"}
+    if imports_candidate_embeddings():
+        outputs["embeddings"] = "results/contexts/candidates/imported/embeddings.npy"
+    return outputs
+
+
+def get_make_context_candidates_input(wildcards):
+    if config["contexts"]["source"] == "unconditional" and config["contexts"]["generator"] == "ldm":
+        return {"ldm": get_ldm_checkpoint(), **get_first_stage_files(wildcards)}
+    return {}
+
+
+def get_make_context_candidates_args(wildcards, input, output):
     contexts = config["contexts"]
     if contexts["source"] == "database":
         args = f"--source database --images {contexts['images']}"
-        if contexts["embed_npy"]:
+        if imports_candidate_embeddings():
             args += (
                 f" --embed-npy {contexts['embed_npy']} --names-pkl {contexts['names_pkl']}"
-                " --embeddings-out results/contexts/candidates/imported"
+                f" --embeddings-out {Path(output.embeddings).parent}"
             )
         return args
     common = (
@@ -367,16 +330,13 @@ def get_make_context_candidates_args(wildcards, input):
     )
     if contexts["generator"] == "diffusers":
         return f"--source diffusers --model-dir {contexts['model_dir']} {common}"
-    return (
-        f"--source ldm --ldm {input.ldm} --first-stage {get_first_stage_dir()} "
-        f"--first-stage-spec '{get_first_stage_spec()}' {common}"
-    )
+    return f"--source ldm --ldm {input.ldm} --first-stage {Path(input.spec).parent} {common}"
 
 
-def get_make_context_candidates_input(wildcards):
-    if config["contexts"]["source"] == "unconditional" and config["contexts"]["generator"] == "ldm":
-        return {"ldm": get_ldm_checkpoint(), **get_first_stage_files(wildcards)}
-    return {}
+def get_candidate_embeddings():
+    if imports_candidate_embeddings():
+        return rules.make_context_candidates.output.embeddings
+    return rules.extract_embeddings.output.embeddings.format(faceset="candidates")
 
 
 def get_select_contexts_params():
@@ -391,11 +351,24 @@ def pool_of(name):
     return f"{dataset['contexts']}-{dataset['images_per_identity']}"
 
 
-POOLS = {}
-for _name in SYNTHETIC:
-    POOLS[pool_of(_name)] = max(
-        POOLS.get(pool_of(_name), 0), config["datasets"][_name]["identities"]
-    )
+def make_pools():
+    """Each pool's contexts, images per identity and identities (those of its largest set)."""
+    pools = {}
+    for name in SYNTHETIC:
+        dataset = config["datasets"][name]
+        pool = pools.setdefault(
+            pool_of(name),
+            {
+                "contexts": dataset["contexts"],
+                "images_per_identity": dataset["images_per_identity"],
+                "identities": 0,
+            },
+        )
+        pool["identities"] = max(pool["identities"], dataset["identities"])
+    return pools
+
+
+POOLS = make_pools()
 
 
 wildcard_constraints:
@@ -405,17 +378,18 @@ wildcard_constraints:
 def pool_shards(pool):
     from synface.shards import shard_ranges
 
-    return shard_ranges(POOLS[pool], config["synthesis"]["ids_per_shard"])
+    return shard_ranges(POOLS[pool]["identities"], config["synthesis"]["ids_per_shard"])
+
+
+def pool_images(shard):
+    """A pool's image folder, beside the folder of its shard markers."""
+    return str(Path(shard).parent.parent / "images")
 
 
 def get_pool_contexts(wildcards):
-    if wildcards.pool.startswith("uniform-"):
-        return "results/contexts/uniform/contexts.npy"
-    return "results/contexts/selected/contexts.npy"
-
-
-def get_pool_images_per_identity(wildcards):
-    return int(wildcards.pool.rsplit("-", 1)[1])
+    if POOLS[wildcards.pool]["contexts"] == "uniform":
+        return rules.uniform_contexts.output.contexts
+    return rules.select_contexts.output.contexts
 
 
 def get_set_shards(wildcards):
@@ -423,7 +397,7 @@ def get_set_shards(wildcards):
     pool = pool_of(wildcards.set)
     identities = config["datasets"][wildcards.set]["identities"]
     return [
-        f"results/synthetic/pools/{pool}/shards/{r.start}-{r.stop}.json"
+        rules.synthesize.output.shard.format(pool=pool, first=r.start, last=r.stop)
         for r in pool_shards(pool)
         if r.start < identities
     ]
@@ -436,14 +410,166 @@ def get_synthesis_params():
 
 def get_set_manifest_input(wildcards):
     inputs = {"shards": get_set_shards(wildcards)}
-    if config["datasets"][wildcards.set].get("oversample", 0):
-        inputs["faces"] = "results/contexts/selected/faces.tsv"
+    if config["datasets"][wildcards.set]["oversample"]:
+        inputs["faces"] = rules.select_contexts.output.faces
     return inputs
 
 
 def get_set_manifest_args(wildcards, input):
     dataset = config["datasets"][wildcards.set]
-    args = f"--images results/synthetic/pools/{pool_of(wildcards.set)}/images"
-    if dataset.get("oversample", 0):
+    args = f"--images {pool_images(input.shards[0])}"
+    if dataset["oversample"]:
         args += f" --faces {input.faces} --repeats {dataset['oversample']}"
     return args
+
+
+def get_identity_check_report():
+    """The generator's identity check, when the config names held-out faces for it."""
+    return [rules.identity_check.output.json] if config["ldm"]["identity_check"]["faces"] else []
+
+
+def get_consistency_reports():
+    return expand(rules.identity_consistency.output.json, set=SYNTHETIC)
+
+
+# --- start-up checks -------------------------------------------------------------------------
+
+
+def check_demo_weights():
+    """The shipped weights fit only the world and architectures they were trained for."""
+    provenance_path = DEMO_WEIGHTS / "PROVENANCE.json"
+    if not provenance_path.exists():
+        raise WorkflowError(
+            f"{provenance_path} is missing: run `make demo-weights` to make the demo weights, "
+            "or set use_demo_weights: false to train every component in the workflow"
+        )
+    recorded = json.loads(provenance_path.read_text())["config"]
+    compared = {"ldm": ("image_size", "unet"), "first_stage": ("ddconfig", "embed_dim", "n_embed")}
+    for key in ("face_size", "demo_world", "first_stage", "ldm"):
+        mine = config.get(key)
+        theirs = recorded.get(key)
+        if key in compared:
+            mine = {k: mine[k] for k in compared[key]}
+            theirs = {k: theirs[k] for k in compared[key]}
+        if mine != theirs:
+            raise WorkflowError(
+                f"config key '{key}' differs from the one the shipped demo weights were made "
+                f"with ({provenance_path}): restore it, set use_demo_weights: false to train "
+                "everything from scratch, or remake the weights with `make demo-weights`"
+            )
+
+
+def missing(path, key, fix):
+    """A preflight problem when ``path`` (from config key ``key``) is not there, else None."""
+    if path and Path(path).exists():
+        return None
+    return f"{key}: '{path}' not found. {fix}"
+
+
+def dataset_problems():
+    for name, dataset in config["datasets"].items():
+        path = dataset.get("path")
+        if dataset["source"] == "folder" and not (path and Path(path).is_dir()):
+            yield (
+                f"datasets.{name}.path: image folder '{path}' not found. Put the aligned "
+                "112x112 faces there as <identity>/<n>.jpg (e.g. CASIA-WebFace)"
+            )
+    if not is_demo(config["benchmarks"]):
+        folder = Path(config["benchmarks"]["path"])
+        absent = [f"{folder}/{n}.bin" for n in BENCHMARKS if not (folder / f"{n}.bin").exists()]
+        if absent:
+            yield (
+                f"benchmarks.path: {', '.join(absent)} not found. Copy the insightface "
+                "verification packs (from the faces_emore / MS1M-ArcFace download) there"
+            )
+
+
+def component_problems():
+    """The user-supplied generative components (source: file) that are not in place."""
+    if component_source("embedding") == "file":
+        weights = config["embedding"]["weights"]
+        yield missing(
+            weights,
+            "embedding.weights",
+            "Put the identity encoder's backbone state dict there (ElasticFace-Arc: "
+            "295672backbone.pth from the ElasticFace release)",
+        )
+        yield missing(
+            str(Path(weights).with_suffix(".json")),
+            "embedding.weights",
+            'Write its architecture there, e.g. {"name": "iresnet", "args": {"depth": 100}} '
+            "for ElasticFace-Arc",
+        )
+    if component_source("first_stage") == "file":
+        first_stage = config["first_stage"]
+        folder = Path(first_stage["path"])
+        fix = (
+            "Put the released CompVis VQ-f4 (latent-diffusion's vq-f4), split into IDiff-Face's "
+            "encoder and decoder state dicts, there"
+        )
+        for key in ("encoder", "decoder"):
+            yield missing(str(folder / FIRST_STAGE_FILES[key]), "first_stage.path", fix)
+        spec = {k: first_stage[k] for k in ("ddconfig", "embed_dim", "n_embed") if k in first_stage}
+        yield missing(
+            str(folder / FIRST_STAGE_FILES["spec"]),
+            "first_stage.path",
+            f"Write the first stage's architecture there: {json.dumps(spec, sort_keys=True)}",
+        )
+    if component_source("ldm") == "file":
+        weights = config["ldm"]["checkpoint"]
+        fix = "Put the ADMIS EMA checkpoint there (ema_averaged_model_200000.ckpt)"
+        yield missing(weights, "ldm.checkpoint", fix)
+        yield missing(
+            str(Path(weights).with_suffix(".json")),
+            "ldm.checkpoint",
+            "Write the UNet's architecture there (the ldm.unet section as JSON)",
+        )
+
+
+def context_problems():
+    """The context generator or database the selected contexts start from."""
+    contexts = config["contexts"]
+    if contexts["source"] == "unconditional" and contexts["generator"] == "diffusers":
+        yield missing(
+            contexts.get("model_dir"),
+            "contexts.model_dir",
+            "Put a diffusers unconditional UNet folder there (ADMIS: a DDPM trained on FFHQ)",
+        )
+    if contexts["source"] == "database":
+        yield missing(
+            contexts.get("images"),
+            "contexts.images",
+            "Put the context faces there, one per person (ADMIS's context_database/images)",
+        )
+        if contexts["embed_npy"]:
+            for key in ("embed_npy", "names_pkl"):
+                yield missing(
+                    contexts[key],
+                    f"contexts.{key}",
+                    "Put ADMIS's context_database file there, or set contexts.embed_npy: null "
+                    "to embed the faces here",
+                )
+
+
+def check_real_inputs():
+    """Fail at start-up, before any job runs, listing every user-supplied input not in place."""
+    checks = [dataset_problems()]
+    if uses_generator():
+        checks.append(component_problems())
+        faces = config["ldm"]["identity_check"]["faces"]
+        if faces and faces != "demo":
+            fix = "Write a manifest of held-out faces there, or set it to null to skip the check"
+            checks.append([missing(faces, "ldm.identity_check.faces", fix)])
+    if uses_selected_contexts():
+        checks.append(context_problems())
+    problems = [problem for check in checks for problem in check if problem]
+    if problems:
+        raise WorkflowError(
+            "missing real inputs (resources/README.md says where to get each):\n  "
+            + "\n  ".join(problems)
+        )
+
+
+if config["use_demo_weights"]:
+    check_demo_weights()
+check_real_inputs()

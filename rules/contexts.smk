@@ -2,7 +2,7 @@ rule make_context_candidates:
     input:
         unpack(get_make_context_candidates_input),
     output:
-        manifest="results/contexts/candidates/manifest.tsv",
+        **get_make_context_candidates_output(),
     log:
         "logs/make_context_candidates/make_context_candidates.log",
     benchmark:
@@ -16,14 +16,15 @@ rule make_context_candidates:
         runtime=240,
     params:
         args=get_make_context_candidates_args,
+        out_dir=output_folder("manifest"),
     shell:
-        "synface make-contexts {params.args} --out-dir results/contexts/candidates "
+        "synface make-contexts {params.args} --out-dir {params.out_dir} "
         "--threads {threads} > {log} 2>&1"
 
 
 rule uniform_contexts:
     output:
-        "results/contexts/uniform/contexts.npy",
+        contexts="results/contexts/uniform/contexts.npy",
     log:
         "logs/uniform_contexts/uniform_contexts.log",
     benchmark:
@@ -37,17 +38,18 @@ rule uniform_contexts:
     params:
         identities=get_uniform_identities(),
         seed=config["contexts"]["seed"],
+        out_dir=output_folder("contexts"),
     shell:
         "synface make-contexts --source uniform --count {params.identities} --seed {params.seed} "
-        "--out-dir results/contexts/uniform > {log} 2>&1"
+        "--out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule select_contexts:
     input:
         unpack(get_first_stage_files),
         **get_embedding_files(),
-        embeddings=f"{get_candidates_dir()}/embeddings.npy",
-        manifest="results/contexts/candidates/manifest.tsv",
+        embeddings=get_candidate_embeddings(),
+        manifest=rules.make_context_candidates.output.manifest,
         ldm=get_ldm_checkpoint(),
     output:
         contexts="results/contexts/selected/contexts.npy",
@@ -66,12 +68,12 @@ rule select_contexts:
         mem_mb=8000,
         runtime=600,
     params:
-        candidates=folder_of("embeddings"),
-        first_stage=get_first_stage_dir(),
-        spec=get_first_stage_spec(),
+        candidates=input_folder("embeddings"),
+        first_stage=input_folder("spec"),
         settings=get_select_contexts_params(),
+        out_dir=output_folder("contexts"),
     shell:
         "synface select-contexts --candidates {params.candidates} --manifest {input.manifest} "
-        "--ldm {input.ldm} --first-stage {params.first_stage} --first-stage-spec '{params.spec}' "
-        "--embedding-weights {input.weights} --out-dir results/contexts/selected "
+        "--ldm {input.ldm} --first-stage {params.first_stage} "
+        "--embedding-weights {input.weights} --out-dir {params.out_dir} "
         "--settings '{params.settings}' --threads {threads} > {log} 2>&1"

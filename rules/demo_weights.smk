@@ -4,7 +4,7 @@ if not config["use_demo_weights"] and "demo_world" in config:
 
     rule demo_weights_commands:
         output:
-            "results/demo_weights/commands.json",
+            commands="results/demo_weights/commands.json",
         log:
             "logs/demo_weights_commands/demo_weights_commands.log",
         benchmark:
@@ -19,17 +19,17 @@ if not config["use_demo_weights"] and "demo_world" in config:
         params:
             commands=get_demo_weights_commands,
         run:
-            Path(output[0]).write_text(params.commands)
+            Path(output.commands).write_text(params.commands)
 
     rule pack_demo_weights:
         input:
             **get_embedding_files(),
-            first_stage="results/first_stage/first_stage_encoder_state_dict.pt",
-            ldm="results/ldm/ema_averaged_model.ckpt",
-            identity_check="results/ldm/identity_check.json",
-            commands="results/demo_weights/commands.json",
+            **dict(rules.train_autoencoder.output.items()),
+            ldm=rules.train_ldm.output.checkpoint,
+            identity_check=rules.identity_check.output.json,
+            commands=rules.demo_weights_commands.output.commands,
         output:
-            "demo_weights/PROVENANCE.json",
+            provenance="demo_weights/PROVENANCE.json",
         log:
             "logs/pack_demo_weights/pack_demo_weights.log",
         benchmark:
@@ -44,9 +44,11 @@ if not config["use_demo_weights"] and "demo_world" in config:
         params:
             settings=get_demo_weights_config(),
             made_on=get_machine_description(),
+            first_stage=input_folder("spec"),
+            out=output_folder("provenance"),
         shell:
             "synface pack-demo-weights --embedding-weights {input.weights} "
-            "--first-stage results/first_stage --ldm {input.ldm} "
+            "--first-stage {params.first_stage} --ldm {input.ldm} "
             "--identity-check {input.identity_check} --settings '{params.settings}' "
             "--commands {input.commands} --benchmarks logs/benchmarks "
-            "--made-on '{params.made_on}' --out demo_weights > {log} 2>&1"
+            "--made-on '{params.made_on}' --out {params.out} > {log} 2>&1"

@@ -18,6 +18,7 @@ rule demo_world:
         runtime=30,
     params:
         settings=get_demo_world_params(),
+        out=output_folder("info"),
     shell:
-        "synface demo-world --out results/demo_world --settings '{params.settings}' "
+        "synface demo-world --out {params.out} --settings '{params.settings}' "
         "--threads {threads} > {log} 2>&1"

@@ -2,7 +2,7 @@ rule export_embedding_model:
     input:
         **get_embedding_files(),
     output:
-        "results/embedding/model.onnx",
+        model="results/embedding/model.onnx",
     log:
         "logs/export_embedding_model/export_embedding_model.log",
     benchmark:
@@ -14,13 +14,13 @@ rule export_embedding_model:
         mem_mb=8000,
         runtime=30,
     shell:
-        "synface export-embedding-model --weights {input.weights} --out {output} "
+        "synface export-embedding-model --weights {input.weights} --out {output.model} "
         "--threads {threads} > {log} 2>&1"
 
 
 rule extract_embeddings:
     input:
-        model="results/embedding/model.onnx",
+        model=rules.export_embedding_model.output.model,
         manifest=get_faceset_manifest,
     output:
         embeddings="results/embeddings/{faceset}/embeddings.npy",
@@ -37,7 +37,8 @@ rule extract_embeddings:
         runtime=240,
     params:
         batch_size=config["embedding"]["batch_size"],
+        out_dir=output_folder("embeddings"),
     shell:
         "synface extract-embeddings --model {input.model} --manifest {input.manifest} "
-        "--out-dir results/embeddings/{wildcards.faceset} --batch-size {params.batch_size} "
+        "--out-dir {params.out_dir} --batch-size {params.batch_size} "
         "--threads {threads} > {log} 2>&1"

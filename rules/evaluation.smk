@@ -2,7 +2,7 @@ rule evaluate:
     input:
         unpack(get_evaluate_input),
     output:
-        "results/evaluation/{dataset}.json",
+        json="results/evaluation/{dataset}.json",
     log:
         "logs/evaluate/{dataset}.log",
     benchmark:
@@ -17,13 +17,13 @@ rule evaluate:
         packs=get_evaluate_pack_args,
         batch_size=config["evaluation"]["batch_size"],
     shell:
-        "synface evaluate --weights {input.weights} {params.packs} --out {output} "
+        "synface evaluate --weights {input.weights} {params.packs} --out {output.json} "
         "--batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
 
 
 rule results_table:
     input:
-        **{name: f"results/evaluation/{name}.json" for name in DATASETS},
+        **{name: rules.evaluate.output.json.format(dataset=name) for name in DATASETS},
     output:
         markdown=report(
             "results/tables/results.md",

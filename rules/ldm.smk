@@ -4,6 +4,7 @@ rule train_autoencoder:
     output:
         encoder="results/first_stage/first_stage_encoder_state_dict.pt",
         decoder="results/first_stage/first_stage_decoder_state_dict.pt",
+        spec="results/first_stage/first_stage.json",
     log:
         "logs/train_autoencoder/train_autoencoder.log",
     benchmark:
@@ -17,9 +18,10 @@ rule train_autoencoder:
         runtime=600,
     params:
         settings=get_train_autoencoder_params(),
+        out_dir=output_folder("spec"),
         run_dir="results/runs/first_stage",
     shell:
-        "synface train-autoencoder --manifest {input.manifest} --out-dir results/first_stage "
+        "synface train-autoencoder --manifest {input.manifest} --out-dir {params.out_dir} "
         "--run-dir {params.run_dir} --settings '{params.settings}' --threads {threads} "
         "> {log} 2>&1"
 
@@ -45,22 +47,21 @@ rule encode_latents:
         mem_mb=16000,
         runtime=600,
     params:
-        first_stage=get_first_stage_dir(),
-        spec=get_first_stage_spec(),
+        first_stage=input_folder("spec"),
+        embeddings=input_folder("embeddings"),
         image_size=config["ldm"]["image_size"],
+        out_dir=output_folder("latents"),
     shell:
-        "synface encode-latents --manifest {input.manifest} "
-        "--embeddings results/embeddings/{wildcards.dataset} "
-        "--first-stage {params.first_stage} --first-stage-spec '{params.spec}' "
-        "--image-size {params.image_size} --out-dir results/latents/{wildcards.dataset} "
-        "--threads {threads} > {log} 2>&1"
+        "synface encode-latents --manifest {input.manifest} --embeddings {params.embeddings} "
+        "--first-stage {params.first_stage} --image-size {params.image_size} "
+        "--out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
 
 
 rule train_ldm:
     input:
         unpack(get_first_stage_files),
-        latents=f"results/latents/{config['ldm']['dataset']}/latents.npy",
-        contexts=f"results/latents/{config['ldm']['dataset']}/contexts.npy",
+        latents=rules.encode_latents.output.latents.format(dataset=config["ldm"]["dataset"]),
+        contexts=rules.encode_latents.output.contexts.format(dataset=config["ldm"]["dataset"]),
     output:
         checkpoint="results/ldm/ema_averaged_model.ckpt",
         spec="results/ldm/ema_averaged_model.json",
@@ -76,18 +77,16 @@ rule train_ldm:
         mem_mb=32000,
         runtime=4320,
     params:
-        launcher=get_train_ldm_launcher(),
+        launcher=launcher("ldm"),
         settings=get_train_ldm_params(),
-        first_stage=get_first_stage_dir(),
-        spec=get_first_stage_spec(),
-        latents=folder_of("latents"),
-        # Outside the declared outputs: a rerun resumes from here (specs/snakemake.md §5.4).
+        first_stage=input_folder("spec"),
+        latents=input_folder("latents"),
+        # Outside the declared outputs: Snakemake keeps it, so a rerun resumes from here.
         run_dir="results/runs/ldm",
     shell:
         "{params.launcher} train-ldm --latents {params.latents} --out {output.checkpoint} "
         "--run-dir {params.run_dir} --settings '{params.settings}' "
-        "--first-stage {params.first_stage} --first-stage-spec '{params.spec}' "
-        "--threads {threads} > {log} 2>&1"
+        "--first-stage {params.first_stage} --threads {threads} > {log} 2>&1"
 
 
 rule identity_check:
@@ -95,7 +94,7 @@ rule identity_check:
         unpack(get_first_stage_files),
         **get_embedding_files(),
         ldm=get_ldm_checkpoint(),
-        contexts="results/embeddings/heldout/embeddings.npy",
+        contexts=rules.extract_embeddings.output.embeddings.format(faceset="heldout"),
     output:
         json=report(
             "results/ldm/identity_check.json",
@@ -115,11 +114,10 @@ rule identity_check:
         mem_mb=8000,
         runtime=120,
     params:
-        first_stage=get_first_stage_dir(),
-        spec=get_first_stage_spec(),
+        first_stage=input_folder("spec"),
+        contexts=input_folder("contexts"),
         settings=get_identity_check_params(),
     shell:
         "synface check-identity --ldm {input.ldm} --first-stage {params.first_stage} "
-        "--first-stage-spec '{params.spec}' --embedding-weights {input.weights} "
-        "--contexts results/embeddings/heldout --out {output.json} "
-        "--settings '{params.settings}' --threads {threads} > {log} 2>&1"
+        "--embedding-weights {input.weights} --contexts {params.contexts} "
+        "--out {output.json} --settings '{params.settings}' --threads {threads} > {log} 2>&1"

@@ -19,8 +19,10 @@ rule pack_tfrecords:
     params:
         image_size=config["face_size"],
         records_per_shard=config["packing"]["records_per_shard"],
+        out_dir=output_folder("index"),
+        name=lambda wildcards, output: Path(output.shards).name,
     shell:
         "synface pack-tfrecords --manifest {input.manifest} "
-        "--out-dir results/tfrecords/{wildcards.dataset} --name TFR-{wildcards.dataset} "
+        "--out-dir {params.out_dir} --name {params.name} "
         "--image-size {params.image_size} --records-per-shard {params.records_per_shard} "
         "--threads {threads} > {log} 2>&1"

@@ -1,7 +1,7 @@
 rule train_recognition:
     input:
-        index="results/tfrecords/{dataset}/TFR-{dataset}.txt",
-        shards="results/tfrecords/{dataset}/TFR-{dataset}",
+        index=rules.pack_tfrecords.output.index,
+        shards=rules.pack_tfrecords.output.shards,
     output:
         backbone="results/recognition/{dataset}/backbone.pth",
         spec="results/recognition/{dataset}/backbone.json",
@@ -18,12 +18,13 @@ rule train_recognition:
         runtime=2880,
     params:
         settings=get_train_recognition_params(),
-        launcher=get_train_recognition_launcher(),
+        launcher=launcher("recognition"),
+        data_root=input_folder("index"),
         # Checkpoints live outside the declared outputs, so a rerun resumes instead of
         # starting over (Snakemake deletes outputs before a job runs).
         run_dir="results/runs/recognition/{dataset}",
     shell:
         "{params.launcher} train-recognition --index {input.index} "
-        "--data-root results/tfrecords/{wildcards.dataset} --out {output.backbone} "
+        "--data-root {params.data_root} --out {output.backbone} "
         "--run-dir {params.run_dir} --settings '{params.settings}' --threads {threads} "
         "> {log} 2>&1"

@@ -4,7 +4,7 @@ rule synthesize:
         contexts=get_pool_contexts,
         ldm=get_ldm_checkpoint(),
     output:
-        "results/synthetic/pools/{pool}/shards/{first}-{last}.json",
+        shard="results/synthetic/pools/{pool}/shards/{first}-{last}.json",
     log:
         "logs/synthesize/{pool}/{first}-{last}.log",
     benchmark:
@@ -17,17 +17,17 @@ rule synthesize:
         mem_mb=8000,
         runtime=720,
     params:
-        first_stage=get_first_stage_dir(),
-        spec=get_first_stage_spec(),
-        images_per_identity=get_pool_images_per_identity,
+        first_stage=input_folder("spec"),
+        images_per_identity=lambda wildcards: POOLS[wildcards.pool]["images_per_identity"],
+        out_dir=lambda wildcards, output: pool_images(output.shard),
         face_size=config["face_size"],
         settings=get_synthesis_params(),
     shell:
         "synface synthesize --ldm {input.ldm} --first-stage {params.first_stage} "
-        "--first-stage-spec '{params.spec}' --contexts {input.contexts} "
+        "--contexts {input.contexts} "
         "--first {wildcards.first} --last {wildcards.last} "
         "--images-per-identity {params.images_per_identity} "
-        "--out-dir results/synthetic/pools/{wildcards.pool}/images --done-marker {output} "
+        "--out-dir {params.out_dir} --done-marker {output.shard} "
         "--face-size {params.face_size} --settings '{params.settings}' --threads {threads} "
         "> {log} 2>&1"
 
@@ -60,9 +60,9 @@ rule synthetic_set_manifest:
 
 rule context_faces_manifest:
     input:
-        faces="results/contexts/selected/faces.tsv",
+        faces=rules.select_contexts.output.faces,
     output:
-        "results/datasets/{control}/manifest.tsv",
+        dataset="results/datasets/{control}/manifest.tsv",
     log:
         "logs/context_faces_manifest/{control}.log",
     benchmark:
@@ -77,16 +77,16 @@ rule context_faces_manifest:
         runtime=10,
     params:
         identities=lambda wildcards: config["datasets"][wildcards.control]["identities"],
-        repeats=lambda wildcards: config["datasets"][wildcards.control].get("oversample", 5),
+        repeats=lambda wildcards: config["datasets"][wildcards.control]["oversample"],
     shell:
-        "synface set-manifest --out {output} --identities {params.identities} "
+        "synface set-manifest --out {output.dataset} --identities {params.identities} "
         "--faces {input.faces} --repeats {params.repeats} > {log} 2>&1"
 
 
 rule identity_consistency:
     input:
-        embeddings="results/embeddings/synthetic_{set}/embeddings.npy",
-        manifest="results/synthetic/{set}/manifest.tsv",
+        embeddings=rules.extract_embeddings.output.embeddings.format(faceset="synthetic_{set}"),
+        manifest=rules.synthetic_set_manifest.output.synthetic,
     output:
         json=report(
             "results/consistency/{set}.json",
@@ -108,7 +108,9 @@ rule identity_consistency:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        embeddings=input_folder("embeddings"),
     shell:
-        "synface identity-consistency --embeddings results/embeddings/synthetic_{wildcards.set} "
+        "synface identity-consistency --embeddings {params.embeddings} "
         "--manifest {input.manifest} --out-json {output.json} --out-png {output.png} "
         "> {log} 2>&1"

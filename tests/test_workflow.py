@@ -108,6 +108,7 @@ def test_missing_real_inputs_name_the_expected_paths(tmp_path: Path) -> None:
 def _paper_inputs(root: Path) -> None:
     """Placeholders where config/frcsyn.yaml expects the user's data and weights."""
     (root / "resources/casia-webface/images/0").mkdir(parents=True)
+    (root / "resources/ffhq-ddpm").mkdir(parents=True)
     for path in (
         *(
             f"resources/benchmarks/{name}.bin"
@@ -117,6 +118,7 @@ def _paper_inputs(root: Path) -> None:
         "resources/elasticface/295672backbone.json",
         "resources/vq-f4/first_stage_encoder_state_dict.pt",
         "resources/vq-f4/first_stage_decoder_state_dict.pt",
+        "resources/vq-f4/first_stage.json",
     ):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_bytes(b"")

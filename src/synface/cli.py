@@ -97,14 +97,12 @@ def run_train_autoencoder(args: argparse.Namespace) -> None:
 
 
 def run_encode_latents(args: argparse.Namespace) -> None:
-    from synface.ldm.first_stage import FirstStageSpec
     from synface.ldm.latents import encode_latents
 
     encode_latents(
         args.manifest,
         args.embeddings,
         args.first_stage,
-        FirstStageSpec(**args.first_stage_spec),
         args.image_size,
         args.out_dir,
         args.batch_size,
@@ -113,29 +111,23 @@ def run_encode_latents(args: argparse.Namespace) -> None:
 
 
 def run_train_ldm(args: argparse.Namespace) -> None:
-    from synface.ldm.first_stage import FirstStageSpec
     from synface.ldm.train import LDMTrainConfig, train_ldm
 
-    first_stage = None
-    if args.first_stage:
-        first_stage = (args.first_stage, FirstStageSpec(**args.first_stage_spec))
     cfg = LDMTrainConfig.from_settings(args.settings)
-    train_ldm(args.latents, args.out, args.run_dir, cfg, first_stage, args.threads)
+    train_ldm(args.latents, args.out, args.run_dir, cfg, args.first_stage, args.threads)
 
 
 def run_check_identity(args: argparse.Namespace) -> None:
-    from synface.ldm.first_stage import FirstStageSpec
-    from synface.ldm.identity_check import check_identity
+    from synface.ldm.identity_check import IdentityCheckSettings, check_identity
 
     check_identity(
         args.ldm,
         args.first_stage,
-        FirstStageSpec(**args.first_stage_spec),
         args.embedding_weights,
         args.contexts,
         args.out,
+        IdentityCheckSettings.from_settings(args.settings),
         threads=args.threads,
-        **args.settings,
     )
 
 
@@ -172,27 +164,24 @@ def run_identity_consistency(args: argparse.Namespace) -> None:
 def run_synthesize(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from synface.ldm.first_stage import FirstStageSpec
-    from synface.synthesis import synthesize_shard
+    from synface.synthesis import SynthesisSettings, synthesize_shard
 
     synthesize_shard(
         args.ldm,
         args.first_stage,
-        FirstStageSpec(**args.first_stage_spec),
         np.load(args.contexts),
         range(args.first, args.last),
         args.images_per_identity,
         args.out_dir,
         args.face_size,
+        SynthesisSettings.from_settings(args.settings),
         threads=args.threads,
         done_marker=args.done_marker,
-        **args.settings,
     )
 
 
 def run_make_contexts(args: argparse.Namespace) -> None:
     from synface import contexts
-    from synface.ldm.first_stage import FirstStageSpec
 
     if args.source == "uniform":
         contexts.write_uniform_contexts(args.out_dir, args.count, args.dim, args.seed)
@@ -206,7 +195,6 @@ def run_make_contexts(args: argparse.Namespace) -> None:
         contexts.generate_ldm_faces(
             args.ldm,
             args.first_stage,
-            FirstStageSpec(**args.first_stage_spec),
             args.count,
             args.out_dir,
             args.face_size,
@@ -230,17 +218,15 @@ def run_make_contexts(args: argparse.Namespace) -> None:
 
 def run_select_contexts(args: argparse.Namespace) -> None:
     from synface.contexts import SelectionConfig, select_contexts
-    from synface.ldm.first_stage import FirstStageSpec
 
     select_contexts(
         args.candidates,
         args.manifest,
         args.ldm,
         args.first_stage,
-        FirstStageSpec(**args.first_stage_spec),
         args.embedding_weights,
         args.out_dir,
-        SelectionConfig(**args.settings),
+        SelectionConfig.from_settings(args.settings),
         args.threads,
     )
 
@@ -260,17 +246,20 @@ def run_results_table(args: argparse.Namespace) -> None:
     print(to_markdown(rows), end="")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synface", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _threads(sub: argparse.ArgumentParser, help: str = "CPU threads") -> None:
+    sub.add_argument("--threads", type=int, default=1, help=help)
 
-    def command(name: str, func: Callable[[argparse.Namespace], None], help: str):
-        sub = commands.add_parser(name, help=help, description=help)
-        sub.set_defaults(func=func)
-        return sub
 
-    sub = command("demo-world", run_demo_world, "render the procedural demo world")
+def _first_stage(sub: argparse.ArgumentParser, required: bool = True, help: str = "") -> None:
+    sub.add_argument(
+        "--first-stage",
+        type=Path,
+        required=required,
+        help=help or "VQ-f4 folder: the two state dicts and first_stage.json",
+    )
+
+
+def add_demo_world(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out", type=Path, required=True, help="output folder")
     sub.add_argument(
         "--settings",
@@ -278,94 +267,98 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="the demo_world config plus image_size (JSON), e.g. '{\"image_size\": 32}'",
     )
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("manifest", run_manifest, "write a dataset manifest (path<TAB>label)")
+
+def add_manifest(sub: argparse.ArgumentParser) -> None:
     source = sub.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, help="an images/<identity>/<n>.jpg folder")
     source.add_argument("--manifest", type=Path, help="an existing manifest to re-root")
     sub.add_argument("--out", type=Path, required=True)
 
-    sub = command("pack-tfrecords", run_pack, "pack a manifest into TFace TFRecord shards")
+
+def add_pack_tfrecords(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--manifest", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True)
     sub.add_argument("--name", required=True, help="TFRecord dataset name (must contain TFR)")
     sub.add_argument("--image-size", type=int, required=True, help="face size in pixels")
     sub.add_argument("--records-per-shard", type=int, default=500_000)
-    sub.add_argument("--threads", type=int, default=1, help="decoding processes")
+    _threads(sub, "decoding processes")
 
-    sub = command("train-recognition", run_train_recognition, "train IR + ArcFace (torchrun-ready)")
+
+def add_train_recognition(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--index", type=Path, required=True, help="4-column TFace training index")
     sub.add_argument("--data-root", type=Path, required=True, help="folder of the TFR-* dirs")
     sub.add_argument("--out", type=Path, required=True, help="final backbone state dict")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
     sub.add_argument("--settings", type=_settings, required=True, help="recognition config")
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("evaluate", run_evaluate, "10-fold verification on insightface .bin packs")
+
+def add_evaluate(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
     sub.add_argument("--pack", type=_named_path, action="append", required=True)
     sub.add_argument("--out", type=Path, required=True)
     sub.add_argument("--batch-size", type=int, default=64)
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command(
-        "export-embedding-model",
-        run_export_embedding_model,
-        "export a backbone to ONNX and check ONNX Runtime parity with torch",
-    )
+
+def add_export_embedding_model(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
     sub.add_argument("--out", type=Path, required=True, help="model.onnx (+ model.onnx.json)")
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command(
-        "extract-embeddings", run_extract_embeddings, "L2-normalised embeddings of a manifest"
-    )
+
+def add_extract_embeddings(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--model", type=Path, required=True, help="from export-embedding-model")
     sub.add_argument("--manifest", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True, help="embeddings.npy + names.txt")
     sub.add_argument("--batch-size", type=int, default=64)
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("train-autoencoder", run_train_autoencoder, "train a VQ-f4 on demo faces")
+
+def add_train_autoencoder(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--manifest", type=Path, required=True)
-    sub.add_argument("--out-dir", type=Path, required=True, help="first_stage_*_state_dict.pt")
+    sub.add_argument(
+        "--out-dir", type=Path, required=True, help="first_stage_*_state_dict.pt + .json"
+    )
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
     sub.add_argument("--settings", type=_settings, required=True, help="first-stage config")
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("encode-latents", run_encode_latents, "encode every face (and mirror) once")
+
+def add_encode_latents(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--manifest", type=Path, required=True)
     sub.add_argument("--embeddings", type=Path, required=True, help="extract-embeddings output")
-    sub.add_argument("--first-stage", type=Path, required=True, help="folder of the VQ-f4 files")
-    sub.add_argument("--first-stage-spec", type=_settings, required=True, help="ddconfig etc.")
+    _first_stage(sub)
     sub.add_argument("--image-size", type=int, required=True, help="LDM input size in pixels")
     sub.add_argument("--out-dir", type=Path, required=True)
     sub.add_argument("--batch-size", type=int, default=64)
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("train-ldm", run_train_ldm, "train the identity-conditioned LDM (torchrun-ready)")
+
+def add_train_ldm(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--latents", type=Path, required=True, help="encode-latents output")
     sub.add_argument("--out", type=Path, required=True, help="ADMIS-format EMA checkpoint")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints and previews")
     sub.add_argument("--settings", type=_settings, required=True, help="ldm training config")
-    sub.add_argument("--first-stage", type=Path, help="VQ-f4 folder, for preview grids")
-    sub.add_argument("--first-stage-spec", type=_settings, default={})
-    sub.add_argument("--threads", type=int, default=1)
+    _first_stage(sub, required=False, help="VQ-f4 folder, for preview grids")
+    _threads(sub)
 
-    sub = command("check-identity", run_check_identity, "nearest-context retrieval of samples")
+
+def add_check_identity(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--ldm", type=Path, required=True, help="LDM checkpoint (+ .json)")
-    sub.add_argument("--first-stage", type=Path, required=True)
-    sub.add_argument("--first-stage-spec", type=_settings, required=True)
+    _first_stage(sub)
     sub.add_argument("--embedding-weights", type=Path, required=True, help="backbone (+ .json)")
     sub.add_argument("--contexts", type=Path, required=True, help="embeddings of held-out faces")
     sub.add_argument("--out", type=Path, required=True, help="JSON (a PNG grid goes beside it)")
     sub.add_argument("--settings", type=_settings, default={}, help="contexts, samples, steps")
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("pack-demo-weights", run_pack_demo_weights, "ship demo weights + provenance")
+
+def add_pack_demo_weights(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--embedding-weights", type=Path, required=True)
-    sub.add_argument("--first-stage", type=Path, required=True)
+    _first_stage(sub)
     sub.add_argument("--ldm", type=Path, required=True)
     sub.add_argument("--identity-check", type=Path, required=True)
     sub.add_argument("--settings", type=_settings, required=True, help="the config they fit")
@@ -374,11 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--made-on", default="", help="the machine, in words")
     sub.add_argument("--out", type=Path, required=True)
 
-    sub = command(
-        "identity-consistency",
-        run_identity_consistency,
-        "genuine/impostor cosine distributions, EER and FDR of a labelled embedding set",
-    )
+
+def add_identity_consistency(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--embeddings", type=Path, required=True, help="extract-embeddings output")
     sub.add_argument("--manifest", type=Path, required=True, help="the manifest it was made from")
     sub.add_argument("--out-json", type=Path, required=True)
@@ -386,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-impostor-pairs", type=int, default=200_000, help="sample cap")
     sub.add_argument("--seed", type=int, default=0, help="impostor sampling seed")
 
-    sub = command("synthesize", run_synthesize, "synthesize the faces of one shard of identities")
+
+def add_synthesize(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--ldm", type=Path, required=True, help="LDM checkpoint (+ .json)")
-    sub.add_argument("--first-stage", type=Path, required=True, help="folder of the VQ-f4 files")
-    sub.add_argument("--first-stage-spec", type=_settings, required=True, help="ddconfig etc.")
+    _first_stage(sub)
     sub.add_argument("--contexts", type=Path, required=True, help="(N, 512) unit rows, .npy")
     sub.add_argument("--first", type=int, required=True, help="first identity (context row)")
     sub.add_argument("--last", type=int, required=True, help="one past the last identity")
@@ -403,9 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="seed, sampler, steps, guidance_scale, eta, batch_size (JSON)",
     )
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("make-contexts", run_make_contexts, "context candidates of synthetic people")
+
+def add_make_contexts(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--source", choices=["uniform", "ldm", "diffusers", "database"], required=True)
     sub.add_argument("--out-dir", type=Path, required=True)
     sub.add_argument("--count", type=int, default=0, help="contexts or faces to make")
@@ -415,27 +406,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--steps", type=int, default=50, help="sampling steps")
     sub.add_argument("--batch-size", type=int, default=100)
     sub.add_argument("--ldm", type=Path, help="ldm: the LDM checkpoint (+ .json)")
-    sub.add_argument("--first-stage", type=Path, help="ldm: the VQ-f4 folder")
-    sub.add_argument("--first-stage-spec", type=_settings, default={})
+    _first_stage(sub, required=False, help="ldm: the VQ-f4 folder")
     sub.add_argument("--model-dir", type=Path, help="diffusers: unconditional UNet folder")
     sub.add_argument("--images", type=Path, help="database: folder of context faces")
     sub.add_argument("--embed-npy", type=Path, help="database: ADMIS elastic_embed.npy")
     sub.add_argument("--names-pkl", type=Path, help="database: ADMIS image_names.pkl")
     sub.add_argument("--embeddings-out", type=Path, help="database: where imports go")
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("select-contexts", run_select_contexts, "keep consistent, distinct contexts")
+
+def add_select_contexts(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--candidates", type=Path, required=True, help="candidate embeddings")
     sub.add_argument("--manifest", type=Path, required=True, help="candidate faces")
     sub.add_argument("--ldm", type=Path, required=True)
-    sub.add_argument("--first-stage", type=Path, required=True)
-    sub.add_argument("--first-stage-spec", type=_settings, required=True)
+    _first_stage(sub)
     sub.add_argument("--embedding-weights", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True)
     sub.add_argument("--settings", type=_settings, required=True, help="selection config")
-    sub.add_argument("--threads", type=int, default=1)
+    _threads(sub)
 
-    sub = command("set-manifest", run_set_manifest, "a synthetic set's manifest (oversampled)")
+
+def add_set_manifest(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out", type=Path, required=True)
     sub.add_argument("--identities", type=int, required=True)
     sub.add_argument("--images", type=Path, help="synthesized <id>/<k>.png folder")
@@ -443,22 +434,137 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--repeats", type=int, default=0, help="copies of each context face")
     sub.add_argument("--synthetic-out", type=Path, help="manifest of the generated images only")
 
-    sub = command("results-table", run_results_table, "the paper-style results table")
+
+def add_results_table(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--row", type=_named_path, action="append", required=True)
     sub.add_argument("--markdown", type=Path, required=True)
     sub.add_argument("--csv", type=Path, required=True)
     sub.add_argument("--json", type=Path, required=True)
+
+
+Handler = Callable[[argparse.Namespace], None]
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+# name, what it runs, its arguments, its help line: one row per pipeline stage.
+COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
+    ("demo-world", run_demo_world, add_demo_world, "render the procedural demo world"),
+    ("manifest", run_manifest, add_manifest, "write a dataset manifest (path<TAB>label)"),
+    ("pack-tfrecords", run_pack, add_pack_tfrecords, "pack a manifest into TFace TFRecord shards"),
+    (
+        "train-recognition",
+        run_train_recognition,
+        add_train_recognition,
+        "train IR + ArcFace (torchrun-ready)",
+    ),
+    ("evaluate", run_evaluate, add_evaluate, "10-fold verification on insightface .bin packs"),
+    (
+        "export-embedding-model",
+        run_export_embedding_model,
+        add_export_embedding_model,
+        "export a backbone to ONNX and check ONNX Runtime parity with torch",
+    ),
+    (
+        "extract-embeddings",
+        run_extract_embeddings,
+        add_extract_embeddings,
+        "L2-normalised embeddings of a manifest",
+    ),
+    (
+        "train-autoencoder",
+        run_train_autoencoder,
+        add_train_autoencoder,
+        "train a VQ-f4 on demo faces",
+    ),
+    (
+        "encode-latents",
+        run_encode_latents,
+        add_encode_latents,
+        "encode every face (and mirror) once",
+    ),
+    (
+        "train-ldm",
+        run_train_ldm,
+        add_train_ldm,
+        "train the identity-conditioned LDM (torchrun-ready)",
+    ),
+    (
+        "check-identity",
+        run_check_identity,
+        add_check_identity,
+        "nearest-context retrieval of samples",
+    ),
+    (
+        "pack-demo-weights",
+        run_pack_demo_weights,
+        add_pack_demo_weights,
+        "ship demo weights + provenance",
+    ),
+    (
+        "identity-consistency",
+        run_identity_consistency,
+        add_identity_consistency,
+        "genuine/impostor cosine distributions, EER and FDR of a labelled embedding set",
+    ),
+    (
+        "synthesize",
+        run_synthesize,
+        add_synthesize,
+        "synthesize the faces of one shard of identities",
+    ),
+    (
+        "make-contexts",
+        run_make_contexts,
+        add_make_contexts,
+        "context candidates of synthetic people",
+    ),
+    (
+        "select-contexts",
+        run_select_contexts,
+        add_select_contexts,
+        "keep consistent, distinct contexts",
+    ),
+    (
+        "set-manifest",
+        run_set_manifest,
+        add_set_manifest,
+        "a synthetic set's manifest (oversampled)",
+    ),
+    ("results-table", run_results_table, add_results_table, "the paper-style results table"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synface", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, func, add_arguments, help in COMMANDS:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(func=func)
+        add_arguments(sub)
     return parser
 
 
+def _is_user_error(error: BaseException) -> bool:
+    """synface's own errors, and missing named inputs, already say what to fix: no traceback."""
+    return isinstance(error, FileNotFoundError) or type(error).__module__.startswith("synface.")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run one stage; an error it explains ends the process with one line and exit code 1."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    args.func(args)
+    try:
+        args.func(args)
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        logging.getLogger("synface").debug("traceback", exc_info=True)
+        print(f"synface {args.command}: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -13,8 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """Integers only: JSON Schema's own check accepts 2.0, which later fails as a count."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = validators.extend(
+    Draft202012Validator,
+    type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
 
 
 class ConfigError(ValueError):
@@ -25,23 +36,44 @@ def _dotted(path: Sequence[Any]) -> str:
     return ".".join(str(part) for part in path) or "<top level>"
 
 
-def read_sources(paths: Sequence[Path]) -> dict[str, Any]:
+def read_sources(paths: Sequence[Path | str]) -> dict[str, Any]:
     """The raw content of each config file, keyed by its name, for locating a bad key."""
     return {str(p): yaml.safe_load(Path(p).read_text()) for p in paths if Path(p).exists()}
 
 
-def _files_defining(path: Sequence[Any], sources: Mapping[str, Any]) -> list[str]:
-    """Which of the config sources spell out ``path`` (the culprit when several are merged)."""
-    found = []
-    for name, node in sources.items():
-        for part in path:
-            if not isinstance(node, dict) or part not in node:
-                node = None
-                break
-            node = node[part]
-        if node is not None:
-            found.append(name)
-    return found
+def config_sources(
+    paths: Sequence[Path | str], command_line: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Every origin of a merged Snakemake config: the config files, then ``--config`` if given."""
+    sources = read_sources(paths)
+    if command_line:
+        sources["--config"] = dict(command_line)
+    return sources
+
+
+_ABSENT = object()
+
+
+def _lookup(node: Any, path: Sequence[Any]) -> Any:
+    """The value at ``path`` inside one source, or ``_ABSENT``."""
+    for part in path:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if not (in_dict or in_list):
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _files_defining(
+    path: Sequence[Any], sources: Mapping[str, Any], value: Any = _ABSENT
+) -> list[str]:
+    """Which config sources spell out ``path`` (the culprit when several are merged): those
+    holding the offending ``value`` if any does, else every one that sets the key."""
+    found = {name: _lookup(node, path) for name, node in sources.items()}
+    found = {name: held for name, held in found.items() if held is not _ABSENT}
+    holding = [name for name, held in found.items() if type(held) is type(value) and held == value]
+    return holding or list(found)
 
 
 def _describe(error: ValidationError, sources: Mapping[str, Any]) -> list[str]:
@@ -58,7 +90,7 @@ def _describe(error: ValidationError, sources: Mapping[str, Any]) -> list[str]:
                 f"(allowed here: {', '.join(known)})"
             )
         return messages
-    where = _files_defining(path, sources) or list(sources)
+    where = _files_defining(path, sources, error.instance) or list(sources)
     return [f"config key '{_dotted(path)}' in {', '.join(where)}: {error.message}"]
 
 
@@ -86,9 +118,7 @@ def validate_config(
         ConfigError: listing every problem, each naming the key and the file it came from.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
-    errors = sorted(
-        Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path)
-    )
+    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         problems = [line for error in errors for line in _describe(error, sources)]
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
