@@ -133,7 +133,7 @@ def _load_all(run_dir: Path, patterns: Sequence[str], n: int) -> list[Any] | Non
         path = run_dir / pattern.format(n=n)
         try:
             states.append(load(path))
-        except Exception as error:  # noqa: BLE001 - any unreadable file means "damaged"
+        except Exception as error:  # any unreadable file (EOF, bad zip, pickle) is damaged
             aside = path.with_name(path.name + ".damaged")
             path.replace(aside)
             log.warning(

@@ -201,9 +201,7 @@ def _save_checkpoint(run: _Run, run_dir: Path, epoch: int, step: int, inputs: di
 def _resume(run: _Run, run_dir: Path, inputs: dict[str, str]) -> tuple[int, int]:
     """Load the newest checkpoint made from ``inputs``; returns (epochs done, global step)."""
     files = [META_FILE, BACKBONE_FILE, HEAD_FILE]
-    resumed = checkpoint.resume_state(
-        run_dir, files, inputs, run.cfg.train.epochs, run.dist_info
-    )
+    resumed = checkpoint.resume_state(run_dir, files, inputs, run.cfg.train.epochs, run.dist_info)
     if resumed is None:
         return 0, 0
     epoch, (meta, backbone, head) = resumed
