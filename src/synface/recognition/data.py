@@ -89,27 +89,34 @@ class DecodeAugmentCollate:
     def __call__(self, batch: list[tuple[bytes, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         jpegs, labels, seeds = zip(*batch, strict=True)
         images = []
-        for image, seed in zip(decode_batch(jpegs), seeds, strict=True):
-            if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
-                raise ValueError(
-                    f"a record decodes to {tuple(image.shape[-2:])} but the model expects "
-                    f"{self.image_size}x{self.image_size}: repack with the configured face size"
-                )
-            images.append(self.augmented(image, seed))
+        # One save and restore of the caller's RNG state per batch, not per image.
+        with torch.random.fork_rng(devices=[]):
+            for image, seed in zip(decode_batch(jpegs), seeds, strict=True):
+                if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
+                    raise ValueError(
+                        f"a record decodes to {tuple(image.shape[-2:])} but the model expects "
+                        f"{self.image_size}x{self.image_size}: repack with the configured face size"
+                    )
+                images.append(self._augment(image, seed))
         return normalize(torch.stack(images)), torch.tensor(labels, dtype=torch.long)
 
     def augmented(self, image: torch.Tensor, seed: int) -> torch.Tensor:
-        """Flip, then the AdaFace-style random resized crop back to the input size."""
-        augment = self.augment
+        """One uint8 CHW image as the collate augments it with ``seed``."""
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            if torch.rand(()) < augment.flip_p:
-                image = tvf.horizontal_flip(image)
-            if torch.rand(()) < augment.crop_p:
-                box = RandomResizedCrop.get_params(
-                    image, list(augment.crop_scale), list(augment.crop_ratio)
-                )
-                image = tvf.resized_crop(image, *box, [self.image_size] * 2, antialias=True)
+            return self._augment(image, seed)
+
+    def _augment(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        """Flip, then the AdaFace-style random resized crop back to the input size; draws from
+        (and reseeds) the global CPU generator."""
+        augment = self.augment
+        torch.default_generator.manual_seed(seed)
+        if torch.rand(()) < augment.flip_p:
+            image = tvf.horizontal_flip(image)
+        if torch.rand(()) < augment.crop_p:
+            box = RandomResizedCrop.get_params(
+                image, list(augment.crop_scale), list(augment.crop_ratio)
+            )
+            image = tvf.resized_crop(image, *box, [self.image_size] * 2, antialias=True)
         return image
 
 
