@@ -100,9 +100,8 @@ def test_collate_gives_normalised_batches(packed: Path) -> None:
     again, _ = collate([dataset[(0, 5)], dataset[(20, 6)]])
     assert torch.equal(images, again)  # the sample's seed alone decides its augmentation
     with pytest.raises(ValueError, match="repack"):
-        DecodeAugmentCollate(64, AugmentConfig(flip_p=0.5, crop_p=0.2, **_ranges()))([dataset[(0, 0)]])
-
-
+        collate_64 = DecodeAugmentCollate(64, AugmentConfig(flip_p=0.5, crop_p=0.2, **_ranges()))
+        collate_64([dataset[(0, 0)]])
 
 
 def _coordinate_image() -> torch.Tensor:

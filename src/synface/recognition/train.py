@@ -179,7 +179,9 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _save_checkpoint(run: _Run, run_dir: Path, epoch: int, step: int, inputs: dict) -> None:
+def _save_checkpoint(
+    run: _Run, run_dir: Path, epoch: int, step: int, inputs: dict[str, str]
+) -> None:
     model, cfg = run.model, run.cfg
     checkpoint.atomic_save(model.backbone.state_dict(), run_dir / BACKBONE_FILE.format(n=epoch))
     checkpoint.atomic_save({"TFR": model.head.state_dict()}, run_dir / HEAD_FILE.format(n=epoch))
