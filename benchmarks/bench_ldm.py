@@ -1,10 +1,12 @@
 """LDM training throughput and peak memory at the demo and the paper configuration, and the
 speed of the UNet's attention path (SDPA) against a plain matmul-softmax attention.
 
-The training step is `synface.ldm.train`'s: DDPM noise from diffusers' scheduler, ε-MSE, Adam,
-the EMA update; inputs are random latents and unit contexts (a synthetic-data mode: no cache
-needed). On CUDA it runs under bf16 autocast, on the CPU in fp32 (a few steps at batch 2 for the
-216 M-parameter paper UNet is enough to report).
+The training step is `synface.ldm.train.LDMTraining.step`, the trainer's own: DDPM noise from
+diffusers' scheduler, whole-context dropout, ε-MSE, Adam with the context projection's LR group,
+the cosine-restart schedule and the EMA update, with the config's `ldm.train` settings; inputs
+are random latents and unit contexts (a synthetic-data mode: no cache needed). On CUDA it runs
+under bf16 autocast, on the CPU in fp32 (a few steps at batch 2 for the 216 M-parameter paper
+UNet is enough to report).
 
     python benchmarks/bench_ldm.py [--threads N] [--steps 5] [--demo-batch 64] [--paper-batch 2]
 """
@@ -22,9 +24,8 @@ import torch.nn.functional as F
 import yaml
 
 from synface import runtime
-from synface.ldm.ema import EMA
+from synface.ldm.train import LDMTrainConfig, LDMTraining
 from synface.models import build_model
-from synface.models.admis_checkpoint import admis_ddpm_scheduler
 
 CONFIGS = {"demo": "config/config.yaml", "paper": "config/frcsyn.yaml"}
 
@@ -51,10 +52,11 @@ def training_rate(
     cfg: dict[str, Any], batch: int, steps: int, device: torch.device
 ) -> dict[str, float]:
     """Images/s of full training steps after two warm-up steps, and peak memory."""
-    unet = build_model("idiff_unet", **cfg["ldm"]["unet"]).to(device).train()
-    ema = EMA(unet)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=1e-4)
-    scheduler = admis_ddpm_scheduler()
+    settings = LDMTrainConfig.from_settings(
+        {"unet": cfg["ldm"]["unet"], **cfg["ldm"]["train"], "global_batch_size": batch}
+    )
+    training = LDMTraining.build(settings, runtime.Distributed(0, 1, 0, device))
+    training.model.train()
     latents, contexts = _inputs(cfg, batch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -63,20 +65,15 @@ def training_rate(
             _sync(device)
             started = time.perf_counter()
         noise = torch.randn_like(latents)
-        t = torch.randint(1000, (batch,), device=device)
-        with runtime.autocast(device):
-            predicted = unet(scheduler.add_noise(latents, noise, t), t, contexts)
-        loss = F.mse_loss(predicted.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ema.update(unet, step)
+        t = torch.randint(settings.num_train_timesteps, (batch,), device=device)
+        dropped = torch.rand(batch, device=device) < settings.whole_context_dropout
+        training.step((latents, contexts, noise, t, dropped), step)
     _sync(device)
     elapsed = time.perf_counter() - started
     return {
         "images_per_s": steps * batch / elapsed,
         "peak_memory_mb": _peak_memory_mb(device),
-        "parameters_m": sum(p.numel() for p in unet.parameters()) / 1e6,
+        "parameters_m": sum(p.numel() for p in training.unet.parameters()) / 1e6,
     }
 
 

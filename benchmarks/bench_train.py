@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from itertools import repeat
 
 import torch
-import torch.nn.functional as F
 from common import Row, add_common_args, best_of, render_faces, report, scratch_dir
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -33,7 +32,8 @@ from synface.models import build_model
 from synface.models.arcface import ArcFaceHead
 from synface.packing import pack_tfrecords
 from synface.recognition.data import AugmentConfig, DecodeAugmentCollate, RecordDataset
-from synface.recognition.train import RecognitionModel
+from synface.recognition.train import RecognitionModel, recognition_train_step
+from synface.settings import from_settings
 
 NAME = "benchTFR"
 EMBEDDING_SIZE = 512
@@ -95,7 +95,7 @@ class PillowDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        jpeg, label = self.records[i]
+        jpeg, label, _ = self.records[(i, 0)]
         with Image.open(io.BytesIO(jpeg)) as image:
             return self.transform(image.convert("RGB")), label
 
@@ -126,8 +126,15 @@ def make_loader(
     num_workers: int,
     device: torch.device,
 ) -> DataLoader:
-    """A loader yielding exactly ``batches`` shuffled batches, whatever the dataset's size."""
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batches * batch_size)
+    """A loader yielding exactly ``batches`` shuffled batches, whatever the dataset's size.
+
+    synface's dataset takes ``(index, augmentation seed)`` keys, as its trainer's sampler
+    yields them; the plain one takes indices.
+    """
+    draws = RandomSampler(dataset, replacement=True, num_samples=batches * batch_size)
+    sampler = list(draws)
+    if isinstance(dataset, RecordDataset):
+        sampler = [(i, n) for n, i in enumerate(sampler)]
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -166,17 +173,10 @@ def rate(
 def train_step(
     model: RecognitionModel, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> Callable[[Batch], None]:
-    """One step as synface.recognition.train runs it: autocast forward, fp32 head, SGD."""
+    """One step of synface.recognition.train, its own `recognition_train_step`."""
 
     def step(batch: Batch) -> None:
-        images = batch[0].to(device, non_blocking=True)
-        labels = batch[1].to(device, non_blocking=True)
-        with runtime.autocast(device):
-            output = model(images, labels)
-        loss = F.cross_entropy(output.logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        recognition_train_step(model, optimizer, batch[0], batch[1], device)
 
     return step
 
@@ -213,7 +213,7 @@ def main() -> None:
     threads = max(1, args.threads - args.num_workers)
     runtime.set_threads(threads)
     device = runtime.pick_device()
-    augment = AugmentConfig()
+    augment = from_settings(AugmentConfig, {}, "recognition.augment")  # the recipe's
 
     with scratch_dir() as scratch:
         manifest = render_faces(

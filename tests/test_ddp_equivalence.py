@@ -57,6 +57,7 @@ RECOGNITION = {
         "stages": [1],
         "log_every": 1,
         "seed": 7,
+        "num_workers": 0,
     },
     "augment": {"flip_p": 0.0, "crop_p": 0.0},
 }

@@ -4,11 +4,13 @@ shipped demo-world weights."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from synface.ldm.first_stage import AutoencoderTrainConfig, FirstStageSpec, trai
 from synface.ldm.identity_check import IdentityCheckSettings, check_identity, retrieval
 from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
 from synface.ldm.sampling import image_noise, make_sampler, sample_latents
+from synface.ldm.train import LDMTrainConfig, train_ldm
 from synface.models import build_model
 from synface.models.admis_checkpoint import admis_ddpm_scheduler
 
@@ -51,8 +54,8 @@ def _tiny_cache(folder: Path, n: int = 24) -> Path:
     return folder
 
 
-def _train_command(cache: Path, run_dir: Path, out: Path, steps: int) -> list[str]:
-    settings = {
+def _tiny_settings(steps: int) -> dict[str, object]:
+    return {
         "unet": TINY_UNET,
         "steps": steps,
         "global_batch_size": 8,
@@ -60,6 +63,10 @@ def _train_command(cache: Path, run_dir: Path, out: Path, steps: int) -> list[st
         "log_every": 1,
         "whole_context_dropout": 0.2,
     }
+
+
+def _train_command(cache: Path, run_dir: Path, out: Path, steps: int) -> list[str]:
+    settings = _tiny_settings(steps)
     return [
         sys.executable, "-m", "synface.cli", "train-ldm",
         "--latents", str(cache), "--out", str(out), "--run-dir", str(run_dir),
@@ -89,11 +96,8 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"at step {killed_at}" in rerun.stderr
-    logged = [
-        int(line.split("\t")[0].removeprefix("step="))
-        for line in (run_dir / "loss.tsv").read_text().splitlines()
-    ]
-    assert logged[-7:] == list(range(killed_at + 1, steps + 1))
+    # The steps the killed run logged after its last checkpoint are logged once, not twice.
+    assert _logged_steps(run_dir) == list(range(1, steps + 1))
     assert json.loads(out.with_suffix(".json").read_text())["steps"] == steps
     # Every draw depends on (seed, step) only: the resumed run equals an uninterrupted one.
     straight = tmp_path / "straight" / "model.ckpt"
@@ -103,6 +107,50 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
     )  # fmt: skip
     resumed, uninterrupted = torch.load(out), torch.load(straight)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    lines = (run_dir / "loss.tsv").read_text().splitlines()
+    return [int(line.split("\t")[0].removeprefix("step=")) for line in lines]
+
+
+def _train_ldm(cache: Path, tmp_path: Path, run: str, steps: int) -> Path:
+    out = tmp_path / run / "model.ckpt"
+    cfg = LDMTrainConfig.from_settings(_tiny_settings(steps))
+    train_ldm(cache, out, tmp_path / run / "run", cfg)
+    return out
+
+
+def test_changed_latents_restart_the_ldm_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Same settings, other latents: the run starts over (as a fresh run on them would), the
+    log names the data, and the old run folder is kept aside."""
+    cache = _tiny_cache(tmp_path / "cache")
+    first = torch.load(_train_ldm(cache, tmp_path, "a", steps=6))
+    latents = np.load(cache / LATENTS_FILE)
+    np.save(cache / LATENTS_FILE, latents[::-1].copy())
+    second = torch.load(_train_ldm(cache, tmp_path, "a", steps=6))
+    fresh = torch.load(_train_ldm(cache, tmp_path, "b", steps=6))
+    assert "the training data changed" in caplog.text
+    assert all(torch.equal(second[k], fresh[k]) for k in fresh)
+    assert not all(torch.equal(second[k], first[k]) for k in first)
+    assert (tmp_path / "a" / "run.previous" / "ldm_6.pt").exists()
+    assert _logged_steps(tmp_path / "a" / "run") == list(range(1, 7))
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    cache = _tiny_cache(tmp_path / "cache")
+    _train_ldm(cache, tmp_path, "a", steps=10)
+    (tmp_path / "a" / "run" / "ldm_10.pt").write_bytes(b"")
+    resumed = torch.load(_train_ldm(cache, tmp_path, "a", steps=10))
+    assert "ldm_10.pt is damaged" in caplog.text and "resumed" in caplog.text
+    assert "ldm_5.pt at step 5" in caplog.text
+    straight = torch.load(_train_ldm(cache, tmp_path, "b", steps=10))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
 def test_ema_follows_the_intended_warmup_decay_and_really_averages() -> None:
@@ -146,7 +194,9 @@ def test_retrieval_counts_the_own_context_as_the_nearest() -> None:
     assert result.mean_cos_own == pytest.approx(2 / 3)
 
 
-def test_the_demo_first_stage_learns_to_reconstruct(toy_manifest: Path, tmp_path: Path) -> None:
+def test_the_demo_first_stage_learns_to_reconstruct(
+    toy_manifest: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spec = FirstStageSpec(
         ddconfig={
             "double_z": False, "z_channels": 3, "resolution": 32, "in_channels": 3,
@@ -155,11 +205,18 @@ def test_the_demo_first_stage_learns_to_reconstruct(toy_manifest: Path, tmp_path
         },
         n_embed=64,
     )  # fmt: skip
-    cfg = AutoencoderTrainConfig(spec=spec, batch_size=8, steps=30, lr=1e-3, log_every=10)
+    settings = {"spec": asdict(spec), "image_size": 32, "batch_size": 8, "lr": 1e-3}
+    cfg = AutoencoderTrainConfig.from_settings({**settings, "steps": 30, "log_every": 10})
     history = train_autoencoder(toy_manifest, tmp_path / "fs", tmp_path / "run", cfg)
     assert history[-1]["mse"] < history[0]["mse"]
     encoder, decoder = spec.load(tmp_path / "fs")
     assert not encoder.training and not decoder.training
+    # Other faces (one image rewritten): the run restarts from step 1 instead of re-emitting.
+    image = toy_manifest.parent / "images" / "0" / "0.jpg"
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(image)
+    cfg = AutoencoderTrainConfig.from_settings({**settings, "steps": 30, "log_every": 1})
+    again = train_autoencoder(toy_manifest, tmp_path / "fs", tmp_path / "run", cfg)
+    assert again[0]["step"] == 1 and "the training data changed" in caplog.text
 
 
 def test_a_latent_cache_with_mismatched_files_is_refused(tmp_path: Path) -> None:

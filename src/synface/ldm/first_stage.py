@@ -7,7 +7,6 @@ the VQ-VAE objective: the decode path quantises (§2.1), so the codebook must be
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from synface import __version__, checkpoint, runtime
 from synface.io.atomic import write_json
 from synface.ldm.data import ImageBank, step_generator
 from synface.models.vq_f4 import DECODER_FILE, ENCODER_FILE, VQDecoder, VQEncoder, load_first_stage
+from synface.settings import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +98,34 @@ class FirstStage:
 
 @dataclass(frozen=True)
 class AutoencoderTrainConfig:
-    """Demo-world first-stage training; the loss is the VQ-VAE objective with beta = 0.25
-    (the reference quantiser's `beta`, §2.2)."""
+    """Demo-world first-stage training (config ``first_stage.train`` plus the spec and the LDM's
+    image size); the loss is the VQ-VAE objective with the reference quantiser's commitment
+    weight ``beta`` (§2.2)."""
 
     spec: FirstStageSpec
-    image_size: int = 32
-    batch_size: int = 64
-    steps: int = 3000
-    lr: float = 2e-4
-    beta: float = 0.25
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
+    image_size: int
+    batch_size: int
+    steps: int
+    lr: float
+    beta: float
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> AutoencoderTrainConfig:
-        spec = FirstStageSpec(**settings["spec"])
-        return cls(spec=spec, **{k: v for k, v in settings.items() if k != "spec"})
+        values = dict(settings)
+        if "spec" in values:
+            values["spec"] = FirstStageSpec(**values["spec"])
+        return from_settings(cls, values, "first_stage.train")
+
+    def fingerprint(self, data: str) -> dict[str, str]:
+        """The run's inputs (see `checkpoint.fingerprint`); the spec is the architecture.
+        Left out: how long, how often to log and save, checkpoints kept."""
+        neutral = {"spec", "steps", "log_every", "checkpoint_every", "keep_checkpoints"}
+        settings = {k: v for k, v in asdict(self).items() if k not in neutral}
+        return checkpoint.fingerprint(data, settings, asdict(self.spec))
 
 
 def _vq_loss(
@@ -139,33 +149,28 @@ def _vq_loss(
 def train_autoencoder(
     manifest: Path, out_dir: Path, run_dir: Path, cfg: AutoencoderTrainConfig, threads: int = 1
 ) -> list[dict[str, float]]:
-    """Train until ``cfg.steps``, resuming from ``run_dir``; write the two released-format files."""
+    """Train until ``cfg.steps``, resuming from ``run_dir`` when it holds a run of the same
+    faces and settings (else it is set aside); write the two released-format files."""
     runtime.set_threads(threads)
     device = runtime.pick_device()
     bank = ImageBank.from_manifest(manifest, cfg.image_size, threads)
     torch.manual_seed(cfg.seed)
-    encoder = VQEncoder(cfg.spec.ddconfig, cfg.spec.embed_dim, cfg.spec.n_embed)
-    decoder = VQDecoder(cfg.spec.ddconfig, cfg.spec.embed_dim, cfg.spec.n_embed)
-    params = [*encoder.parameters(), *decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
-    run_dir = Path(run_dir)
-    step = 0
-    newest = checkpoint.newest_numbered(run_dir, RUN_CHECKPOINT)
-    if newest is not None:
-        state = checkpoint.load(newest[1])
-        if state["spec"] != json.dumps(asdict(cfg.spec), sort_keys=True):
-            raise ValueError(
-                f"{newest[1]} was trained with another first-stage spec: delete {run_dir} to "
-                "start over, or restore the config"
-            )
+    encoder = VQEncoder(cfg.spec.ddconfig, cfg.spec.embed_dim, cfg.spec.n_embed).to(device)
+    decoder = VQDecoder(cfg.spec.ddconfig, cfg.spec.embed_dim, cfg.spec.n_embed).to(device)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=cfg.lr)
+    # The faces as trained on (decoded, resized): their bytes are the data's fingerprint.
+    inputs = cfg.fingerprint(checkpoint.content_digest([memoryview(bank.images.numpy()).cast("B")]))
+    run_dir, step = Path(run_dir), 0
+    resumed = checkpoint.resume_state(run_dir, [RUN_CHECKPOINT], inputs, cfg.steps)
+    if resumed is not None:
+        step, (state,) = resumed
         encoder.load_state_dict(state["encoder"])
         decoder.load_state_dict(state["decoder"])
+        # The halves are on their device already: the optimiser casts its state to theirs.
         optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        log.info("resumed %s at step %d", newest[1], step)
-    encoder.to(device).train()
-    decoder.to(device).train()
-    optimizer.load_state_dict(optimizer.state_dict())
+        log.info("resumed %s at step %d", run_dir / RUN_CHECKPOINT.format(n=step), step)
+    encoder.train()
+    decoder.train()
     history: list[dict[str, float]] = []
     started, first_step = time.perf_counter(), step
     while step < cfg.steps:
@@ -178,14 +183,8 @@ def train_autoencoder(
         optimizer.step()
         step += 1
         if step % cfg.log_every == 0 or step == cfg.steps:
-            record = {
-                "step": step,
-                "loss": loss.item(),
-                "mse": mse.item(),
-                "images_per_s": (step - first_step)
-                * cfg.batch_size
-                / (time.perf_counter() - started),
-            }
+            rate = (step - first_step) * cfg.batch_size / (time.perf_counter() - started)
+            record = {"step": step, "loss": loss.item(), "mse": mse.item(), "images_per_s": rate}
             history.append(record)
             log.info("step %d loss %.5f mse %.5f", step, record["loss"], record["mse"])
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -194,8 +193,8 @@ def train_autoencoder(
                 "encoder": encoder.state_dict(),
                 "decoder": decoder.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "spec": json.dumps(asdict(cfg.spec), sort_keys=True),
                 "version": __version__,
+                checkpoint.FINGERPRINT_KEY: inputs,
             }
             checkpoint.atomic_save(state, run_dir / RUN_CHECKPOINT.format(n=step))
             checkpoint.prune_numbered(run_dir, [RUN_CHECKPOINT], cfg.keep_checkpoints)

@@ -5,7 +5,8 @@ The recipe is the reference's (specs/generative.md §4–§5): DDPM noise from d
 iteration (T_0, ×T_mult), CPD inside the UNet. Additions: whole-context dropout so the model also
 learns an unconditional mode (classifier-free guidance, context generation), a working EMA,
 an optional higher learning rate for the context projection (specs/demo-world-feasibility.md),
-and a global batch fixed by config and split over the processes.
+and a global batch fixed by config and split over the processes. One step (`LDMTraining.step`)
+is shared with ``benchmarks/bench_ldm.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import save_image
 
 from synface import __version__, checkpoint, runtime
+from synface.io.atomic import write_json
 from synface.ldm.data import step_generator, step_seed
 from synface.ldm.ema import EMA
 from synface.ldm.first_stage import FirstStage
-from synface.ldm.latents import LatentCache
+from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
 from synface.ldm.sampling import make_sampler, sample_latents
 from synface.models import build_model
 from synface.models.admis_checkpoint import admis_ddpm_scheduler, save_admis_checkpoint
+from synface.settings import from_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +46,116 @@ PREVIEW_STREAM = 1 << 20
 
 @dataclass(frozen=True)
 class LDMTrainConfig:
-    """Defaults are ADMIS's recipe (specs §5); ``unet`` holds the reference yaml keys."""
+    """``unet`` holds the reference yaml keys; the rest is config ``ldm.train``, whose schema
+    defaults are ADMIS's recipe (specs §5)."""
 
-    unet: dict[str, Any] = field(default_factory=dict)
-    num_train_timesteps: int = 1000
-    steps: int = 200_000
-    global_batch_size: int = 512
-    lr: float = 1e-4
-    context_lr_scale: float = 1.0
-    restart_period: int = 10_000
-    restart_mult: int = 2
-    whole_context_dropout: float = 0.0
-    ema_max_decay: float = 0.9999
-    ema_power: float = 0.75
-    seed: int = 0
-    log_every: int = 100
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 2
-    preview_every: int = 5000
-    preview_contexts: int = 4
-    preview_samples: int = 4
+    unet: dict[str, Any]
+    num_train_timesteps: int
+    steps: int
+    global_batch_size: int
+    lr: float
+    context_lr_scale: float
+    restart_period: int
+    restart_mult: int
+    whole_context_dropout: float
+    ema_max_decay: float
+    ema_power: float
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    preview_every: int
+    preview_contexts: int
+    preview_samples: int
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> LDMTrainConfig:
-        return cls(**settings)
+        return from_settings(cls, settings, "ldm.train")
+
+    def fingerprint(self, data: str) -> dict[str, str]:
+        """The run's inputs (see `checkpoint.fingerprint`); the UNet keys are the architecture."""
+        settings = {k: v for k, v in asdict(self).items() if k not in RESULT_NEUTRAL | {"unet"}}
+        return checkpoint.fingerprint(data, settings, self.unet)
 
 
-def _optimizer(unet: nn.Module, cfg: LDMTrainConfig) -> torch.optim.Adam:
-    """Adam, with the context projection in its own group when it gets a larger LR."""
-    context = [p for n, p in unet.named_parameters() if n.startswith("context_emb")]
-    others = [p for n, p in unet.named_parameters() if not n.startswith("context_emb")]
-    groups = [{"params": others, "lr": cfg.lr}]
-    if context:
-        groups.append({"params": context, "lr": cfg.lr * cfg.context_lr_scale})
-    return torch.optim.Adam(groups, lr=cfg.lr)
+# Settings that do not change the weights a run ends with: how long (the LR restarts and the
+# EMA do not depend on the total), how often to log, save or preview, checkpoints kept.
+RESULT_NEUTRAL = {
+    "steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "preview_every",
+    "preview_contexts",
+    "preview_samples",
+}
+
+
+@dataclass
+class LDMTraining:
+    """What a training step updates: the UNet (``model`` is it, DDP-wrapped in a distributed
+    run), its EMA, Adam and its cosine-restart schedule, and the DDPM noise schedule."""
+
+    unet: nn.Module
+    model: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Adam
+    lr_schedule: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
+    scheduler: Any
+
+    @classmethod
+    def build(cls, cfg: LDMTrainConfig, dist_info: runtime.Distributed) -> LDMTraining:
+        """A fresh run's state from ``cfg.seed``, on ``dist_info.device``."""
+        device = dist_info.device
+        torch.manual_seed(cfg.seed)
+        unet = build_model("idiff_unet", **cfg.unet).to(device)
+        ema = EMA(unet, cfg.ema_max_decay, cfg.ema_power)
+        # Adam, with the context projection in its own group when it gets a larger LR.
+        context = [p for n, p in unet.named_parameters() if n.startswith("context_emb")]
+        others = [p for n, p in unet.named_parameters() if not n.startswith("context_emb")]
+        groups = [{"params": others, "lr": cfg.lr}]
+        if context:
+            groups.append({"params": context, "lr": cfg.lr * cfg.context_lr_scale})
+        optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+        lr_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=cfg.restart_period, T_mult=cfg.restart_mult
+        )
+        model: nn.Module = unet
+        if dist_info.enabled:
+            ids = [dist_info.local_rank] if device.type == "cuda" else None
+            model = DistributedDataParallel(unet, device_ids=ids)
+        scheduler = admis_ddpm_scheduler(cfg.num_train_timesteps)
+        return cls(unet, model, ema, optimizer, lr_schedule, scheduler)
+
+    def step(self, batch: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
+        """One step on ``batch`` = (latents, contexts, noise, timesteps, context dropped), on
+        the model's device; ``step`` counts the steps done before it. Returns the ε-MSE."""
+        latents, contexts, noise, timesteps, dropped = batch
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        with runtime.autocast(latents.device):
+            predicted = self.model(noisy, timesteps, contexts, dropout_mask=dropped)
+        loss = F.mse_loss(predicted.float(), noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.update(self.unet, step + 1)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "unet": self.unet.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Onto the device the parts already live on (the optimiser casts its state)."""
+        self.unet.load_state_dict(state["unet"])
+        self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
 
 
 def _global_batch(cache: LatentCache, cfg: LDMTrainConfig, step: int) -> tuple[torch.Tensor, ...]:
@@ -93,52 +172,17 @@ def _global_batch(cache: LatentCache, cfg: LDMTrainConfig, step: int) -> tuple[t
 
 
 def _save_run_checkpoint(
-    run_dir: Path,
-    step: int,
-    unet: nn.Module,
-    ema: EMA,
-    optimizer: torch.optim.Optimizer,
-    lr_schedule: torch.optim.lr_scheduler.LRScheduler,
-    cfg: LDMTrainConfig,
+    run_dir: Path, step: int, training: LDMTraining, cfg: LDMTrainConfig, inputs: dict[str, str]
 ) -> None:
     state = {
         "step": step,
-        "unet": unet.state_dict(),
-        "ema": ema.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_schedule": lr_schedule.state_dict(),
-        "model_args": json.dumps(cfg.unet, sort_keys=True),
+        **training.state_dict(),
         "config": json.dumps(asdict(cfg), sort_keys=True),
         "version": __version__,
+        checkpoint.FINGERPRINT_KEY: inputs,
     }
     checkpoint.atomic_save(state, run_dir / RUN_CHECKPOINT.format(n=step))
     checkpoint.prune_numbered(run_dir, [RUN_CHECKPOINT], cfg.keep_checkpoints)
-
-
-def _resume(
-    run_dir: Path,
-    unet: nn.Module,
-    ema: EMA,
-    optimizer: torch.optim.Optimizer,
-    lr_schedule: torch.optim.lr_scheduler.LRScheduler,
-    cfg: LDMTrainConfig,
-) -> int:
-    newest = checkpoint.newest_numbered(run_dir, RUN_CHECKPOINT)
-    if newest is None:
-        return 0
-    step, path = newest
-    state = checkpoint.load(path)
-    if json.loads(state["model_args"]) != cfg.unet:
-        raise ValueError(
-            f"{path} holds a UNet built with other arguments ({state['model_args']}): delete "
-            f"{run_dir} to start over, or restore the config"
-        )
-    unet.load_state_dict(state["unet"])
-    ema.model.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    lr_schedule.load_state_dict(state["lr_schedule"])
-    log.info("resumed %s at step %d", path, step)
-    return step
 
 
 def _preview(
@@ -180,6 +224,15 @@ def _preview(
     save_image(grid.cpu(), run_dir / PREVIEW.format(step=step), nrow=per_row + 1)
 
 
+def _preview_decoder(
+    first_stage: Path | None, dist_info: runtime.Distributed
+) -> nn.Module | None:
+    """The first stage's decoder for the previews (main process only), or None."""
+    if first_stage is None or not dist_info.is_main:
+        return None
+    return FirstStage.load(first_stage).decoder.to(dist_info.device)
+
+
 def train_ldm(
     latents_dir: Path,
     out_checkpoint: Path,
@@ -188,7 +241,8 @@ def train_ldm(
     first_stage: Path | None = None,
     threads: int = 1,
 ) -> list[dict[str, float]]:
-    """Train until ``cfg.steps``, resuming from ``run_dir``.
+    """Train until ``cfg.steps``, resuming from ``run_dir`` when it holds a run of the same
+    inputs (else it is set aside).
 
     Writes ``out_checkpoint`` in ADMIS's ``ema_averaged_model_*.ckpt`` format (from the EMA
     weights) and, next to it with suffix ``.json``, the UNet arguments and the training
@@ -196,70 +250,80 @@ def train_ldm(
     """
     dist_info = runtime.init_distributed()
     runtime.set_threads(max(1, threads // dist_info.world_size))
-    device = dist_info.device
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, latents_dir = Path(run_dir), Path(latents_dir)
     cache = LatentCache.open(latents_dir)
     if cfg.global_batch_size % dist_info.world_size:
         raise ValueError(
             f"ldm.train.global_batch_size {cfg.global_batch_size} is not divisible by the "
             f"{dist_info.world_size} processes"
         )
-    local = cfg.global_batch_size // dist_info.world_size
-    torch.manual_seed(cfg.seed)
-    unet = build_model("idiff_unet", **cfg.unet)
-    scheduler = admis_ddpm_scheduler(cfg.num_train_timesteps)
-    ema = EMA(unet, cfg.ema_max_decay, cfg.ema_power)
-    optimizer = _optimizer(unet, cfg)
-    lr_schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=cfg.restart_period, T_mult=cfg.restart_mult
-    )
-    step = _resume(run_dir, unet, ema, optimizer, lr_schedule, cfg)
-    unet.to(device)
-    ema.to(device)
-    optimizer.load_state_dict(optimizer.state_dict())
-    model: nn.Module = unet
-    if dist_info.enabled:
-        model = DistributedDataParallel(
-            unet, device_ids=[dist_info.local_rank] if device.type == "cuda" else None
-        )
-    decoder = None
-    if first_stage is not None and dist_info.is_main:
-        decoder = FirstStage.load(first_stage).decoder.to(device)
+    training = LDMTraining.build(cfg, dist_info)
+    inputs: dict[str, str] = {}
+    if dist_info.is_main:
+        data = checkpoint.content_digest([latents_dir / LATENTS_FILE, latents_dir / CONTEXTS_FILE])
+        inputs = cfg.fingerprint(data)
+    step = 0
+    resumed = checkpoint.resume_state(run_dir, [RUN_CHECKPOINT], inputs, cfg.steps, dist_info)
+    if resumed is not None:
+        step, (state,) = resumed
+        training.load_state_dict(state)
+        log.info("resumed %s at step %d", run_dir / RUN_CHECKPOINT.format(n=step), step)
     if dist_info.is_main:
         log.info(
             "training the LDM (%.2fM parameters) on %d latents %s: global batch %d = %d x %d, "
             "steps %d..%d",
-            sum(p.numel() for p in unet.parameters()) / 1e6,
+            sum(p.numel() for p in training.unet.parameters()) / 1e6,
             len(cache),
             tuple(cache.latents.shape[2:]),
             cfg.global_batch_size,
-            local,
+            cfg.global_batch_size // dist_info.world_size,
             dist_info.world_size,
             step + 1,
             cfg.steps,
         )
+    history = _train_steps(training, cache, cfg, step, run_dir, inputs, first_stage, dist_info)
+    if dist_info.is_main:
+        save_admis_checkpoint(Path(out_checkpoint), training.ema.model, training.scheduler)
+        spec = {
+            "unet": cfg.unet,
+            "scheduler": dict(training.scheduler.config),
+            "latent_shape": list(cache.latents.shape[2:]),
+            "steps": cfg.steps,
+        }
+        write_json(Path(out_checkpoint).with_suffix(".json"), spec)
+    if dist_info.enabled:
+        torch.distributed.barrier()
+    runtime.shutdown_distributed()
+    return history
+
+
+def _train_steps(
+    training: LDMTraining,
+    cache: LatentCache,
+    cfg: LDMTrainConfig,
+    step: int,
+    run_dir: Path,
+    inputs: dict[str, str],
+    first_stage: Path | None,
+    dist_info: runtime.Distributed,
+) -> list[dict[str, float]]:
+    """Steps from ``step`` to ``cfg.steps`` with their logging, checkpoints and previews."""
+    device, main = dist_info.device, dist_info.is_main
+    decoder = _preview_decoder(first_stage, dist_info)
+    loss_log = checkpoint.LossLog(run_dir, step) if main else None
     history: list[dict[str, float]] = []
-    loss_log = run_dir / "loss.tsv"
     started, first_step = time.perf_counter(), step
+    local = cfg.global_batch_size // dist_info.world_size
     mine = slice(dist_info.rank * local, (dist_info.rank + 1) * local)
-    model.train()
+    training.model.train()
     while step < cfg.steps:
-        latents, contexts, noise, timesteps, dropped = (
+        batch = [
             part[mine].to(device, non_blocking=True) for part in _global_batch(cache, cfg, step)
-        )
+        ]
         # CPD's element-wise dropout draws from the global RNG: seed it per (step, rank) too.
         torch.manual_seed(step_seed(cfg.seed, step, dist_info.rank + 1))
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        with runtime.autocast(device):
-            predicted = model(noisy, timesteps, contexts, dropout_mask=dropped)
-        loss = F.mse_loss(predicted.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
+        loss = training.step(tuple(batch), step)
         step += 1
-        ema.update(unet, step)
         if step % cfg.log_every == 0 or step == cfg.steps:
             figure = loss.detach().clone()
             if dist_info.enabled:
@@ -268,36 +332,18 @@ def train_ldm(
             record = {
                 "step": step,
                 "loss": figure.item(),
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": training.optimizer.param_groups[0]["lr"],
                 "images_per_s": (step - first_step)
                 * cfg.global_batch_size
                 / (time.perf_counter() - started),
             }
             history.append(record)
-            if dist_info.is_main:
-                log.info(
-                    "step %d loss %.5f lr %.3g %.0f img/s",
-                    step,
-                    record["loss"],
-                    record["lr"],
-                    record["images_per_s"],
-                )
-                with loss_log.open("a", encoding="utf-8") as out:
-                    out.write("\t".join(f"{k}={v:.6g}" for k, v in record.items()) + "\n")
-        if dist_info.is_main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            _save_run_checkpoint(run_dir, step, unet, ema, optimizer, lr_schedule, cfg)
+            if loss_log is not None:
+                log.info("step %d loss %.5f lr %.3g %.0f img/s", *record.values())
+                loss_log.append(record)
+        if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            _save_run_checkpoint(run_dir, step, training, cfg, inputs)
         if decoder is not None and (step % cfg.preview_every == 0 or step == cfg.steps):
-            _preview(run_dir, step, ema, decoder, cache, dict(scheduler.config), cfg, device)
-    if dist_info.is_main:
-        save_admis_checkpoint(Path(out_checkpoint), ema.model, scheduler)
-        spec = {
-            "unet": cfg.unet,
-            "scheduler": dict(scheduler.config),
-            "latent_shape": list(cache.latents.shape[2:]),
-            "steps": cfg.steps,
-        }
-        Path(out_checkpoint).with_suffix(".json").write_text(json.dumps(spec, indent=2) + "\n")
-    if dist_info.enabled:
-        torch.distributed.barrier()
-    runtime.shutdown_distributed()
+            scheduler_config = dict(training.scheduler.config)
+            _preview(run_dir, step, training.ema, decoder, cache, scheduler_config, cfg, device)
     return history

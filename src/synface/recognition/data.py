@@ -21,10 +21,12 @@ from torchvision.transforms.v2 import functional as tvf
 
 from synface.io.images import normalize
 from synface.io.tfrecord import IndexEntry, RecordReader, read_training_index, shard_path
+from synface.ldm.data import step_seed
 
 
 class RecordDataset(Dataset):
-    """(JPEG bytes, label) pairs of a TFace training index, read by byte offset with CRC check.
+    """(JPEG bytes, label, augmentation seed) of a TFace training index, read by byte offset
+    with CRC check; a key is ``(index, augmentation seed)``, as `GlobalBatchSampler` yields.
 
     Only the index lives in memory (STYLE.md §4: the index is the dataset); each DataLoader
     worker opens every shard once, lazily.
@@ -42,20 +44,27 @@ class RecordDataset(Dataset):
     def num_classes(self) -> int:
         return max(entry.label for entry in self.entries) + 1
 
-    def __getitem__(self, i: int) -> tuple[bytes, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[bytes, int, int]:
+        i, seed = key
         entry = self.entries[i]
         path = shard_path(self.data_root, entry.tfr_name, entry.shard)
-        return self.reader.read_image(path, entry.offset), entry.label
+        return self.reader.read_image(path, entry.offset), entry.label, seed
+
+    def shard_files(self) -> list[Path]:
+        """Every shard file the index reads from, sorted: with the index, the training data."""
+        shards = {(entry.tfr_name, entry.shard) for entry in self.entries}
+        return [shard_path(self.data_root, name, shard) for name, shard in sorted(shards)]
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """ADMIS training augmentation (recognition.md §3): flip, then an AdaFace-style crop."""
+    """ADMIS training augmentation (recognition.md §3): flip, then an AdaFace-style crop
+    (config ``recognition.augment``; the schema holds the defaults)."""
 
-    flip_p: float = 0.5
-    crop_p: float = 0.2
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    flip_p: float
+    crop_p: float
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
 
 
 def decode_batch(jpegs: Sequence[bytes]) -> list[torch.Tensor]:
@@ -65,38 +74,60 @@ def decode_batch(jpegs: Sequence[bytes]) -> list[torch.Tensor]:
 
 
 class DecodeAugmentCollate:
-    """DataLoader ``collate_fn``: decode a batch, augment each image, normalise the stack."""
+    """DataLoader ``collate_fn``: decode a batch, augment each image, normalise the stack.
+
+    Each image's augmentation draws from the CPU generator seeded with its own seed, in this
+    order: the flip coin, the crop coin, then torchvision's ``RandomResizedCrop.get_params``
+    on the (maybe flipped) image. The draws are then a function of the sample's seed alone,
+    not of the worker count or of where a run was resumed, and the caller's RNG is untouched.
+    """
 
     def __init__(self, image_size: int, augment: AugmentConfig) -> None:
         self.image_size = image_size
         self.augment = augment
-        self.crop = RandomResizedCrop(
-            image_size, scale=augment.crop_scale, ratio=augment.crop_ratio, antialias=True
-        )
 
-    def __call__(self, batch: list[tuple[bytes, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        jpegs, labels = zip(*batch, strict=True)
+    def __call__(self, batch: list[tuple[bytes, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        jpegs, labels, seeds = zip(*batch, strict=True)
         images = []
-        for image in decode_batch(jpegs):
-            if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
-                raise ValueError(
-                    f"a record decodes to {tuple(image.shape[-2:])} but the model expects "
-                    f"{self.image_size}x{self.image_size}: repack with the configured face size"
-                )
-            if torch.rand(()) < self.augment.flip_p:
-                image = tvf.horizontal_flip(image)
-            if torch.rand(()) < self.augment.crop_p:
-                image = self.crop(image)
-            images.append(image)
+        # One save and restore of the caller's RNG state per batch, not per image.
+        with torch.random.fork_rng(devices=[]):
+            for image, seed in zip(decode_batch(jpegs), seeds, strict=True):
+                if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
+                    raise ValueError(
+                        f"a record decodes to {tuple(image.shape[-2:])} but the model expects "
+                        f"{self.image_size}x{self.image_size}: repack with the configured face size"
+                    )
+                images.append(self._augment(image, seed))
         return normalize(torch.stack(images)), torch.tensor(labels, dtype=torch.long)
 
+    def augmented(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        """One uint8 CHW image as the collate augments it with ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            return self._augment(image, seed)
 
-class GlobalBatchSampler(Sampler[list[int]]):
+    def _augment(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        """Flip, then the AdaFace-style random resized crop back to the input size; draws from
+        (and reseeds) the global CPU generator."""
+        augment = self.augment
+        torch.default_generator.manual_seed(seed)
+        if torch.rand(()) < augment.flip_p:
+            image = tvf.horizontal_flip(image)
+        if torch.rand(()) < augment.crop_p:
+            box = RandomResizedCrop.get_params(
+                image, list(augment.crop_scale), list(augment.crop_ratio)
+            )
+            image = tvf.resized_crop(image, *box, [self.image_size] * 2, antialias=True)
+        return image
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
     """Batches cut from one permutation of the whole dataset, each rank taking its slice.
 
     Unlike TFace's per-rank shuffles, step s sees the same global batch for any world size, so a
     run on N GPUs follows the same data order as on one (and the DDP equivalence test can hold).
-    The last incomplete global batch is dropped, so every rank has equal batch shapes.
+    The last incomplete global batch is dropped, so every rank has equal batch shapes. Each
+    index comes with its augmentation seed, a function of (seed, epoch, index): a resumed run
+    augments exactly as an uninterrupted one.
     """
 
     def __init__(
@@ -125,10 +156,13 @@ class GlobalBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.num_samples // self.global_batch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=generator)
+        # One mixed seed per epoch; consecutive integers from it seed unrelated MT19937 streams.
+        epoch_seed = step_seed(self.seed, self.epoch) >> 1
         start = self.rank * self.local_batch
         for step in range(len(self)):
             batch = order[step * self.global_batch : (step + 1) * self.global_batch]
-            yield batch[start : start + self.local_batch].tolist()
+            indices = batch[start : start + self.local_batch].tolist()
+            yield [(i, epoch_seed + i) for i in indices]

@@ -1,6 +1,7 @@
 """IR + ArcFace recognition training with TFace's optimiser, step LR and checkpoint names.
 
-One function, one loop (STYLE.md "For synface" 11). It runs alone or under
+A function with a loop, not a class with hooks (STYLE.md "For synface" 11); the step itself,
+`recognition_train_step`, is shared with ``benchmarks/bench_train.py``. It runs alone or under
 ``torchrun --nproc-per-node N``; the global batch is fixed by config and split over the
 processes, so the recipe (and the data order) does not change with the GPU count.
 """
@@ -23,6 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from synface import __version__, checkpoint, runtime
+from synface.io.atomic import write_json
+from synface.ldm.data import step_seed
 from synface.models import build_model
 from synface.models.arcface import ArcFaceHead, ArcFaceOutput
 from synface.recognition.data import (
@@ -31,6 +34,7 @@ from synface.recognition.data import (
     GlobalBatchSampler,
     RecordDataset,
 )
+from synface.settings import SettingsError, from_settings, schema_defaults
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +46,29 @@ META_FILE = "META_Epoch_{n}_checkpoint.pth"
 
 
 @dataclass(frozen=True)
-class RecognitionTrainConfig:
-    """Hyper-parameters of one recognition run; defaults are the ADMIS recipe (§7.4)."""
+class HeadConfig:
+    """The ArcFace head (config ``recognition.head``)."""
 
-    image_size: int = 112
-    backbone: dict[str, Any] = field(default_factory=lambda: {"depth": 50})
-    scale: float = 64.0
-    margin: float = 0.5
-    global_batch_size: int = 512
-    epochs: int = 40
-    lrs: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)
-    stages: tuple[int, ...] = (22, 28, 32)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_steps: int = 0
-    seed: int = 1336
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    num_workers: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 50
+    scale: float
+    margin: float
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The optimisation recipe (config ``recognition.train``); the schema's defaults are
+    ADMIS's (recognition.md §7.4)."""
+
+    global_batch_size: int
+    epochs: int
+    lrs: list[float]
+    stages: list[int]
+    momentum: float
+    weight_decay: float
+    warmup_steps: int
+    seed: int
+    num_workers: int
+    keep_checkpoints: int
+    log_every: int
 
     def __post_init__(self) -> None:
         if len(self.lrs) != len(self.stages) + 1:
@@ -69,37 +77,62 @@ class RecognitionTrainConfig:
                 f"{len(self.stages)}: give one more learning rate than stage boundaries"
             )
 
+
+# Settings of recognition.train that do not change the weights a run ends with: how long (a
+# longer run continues a shorter one: the step LR depends on the epoch alone), how often to
+# log, how many checkpoints to keep, loader workers (augmentation is seeded per sample).
+RESULT_NEUTRAL = {"epochs", "num_workers", "keep_checkpoints", "log_every"}
+SECTIONS = {"head": HeadConfig, "train": RecipeConfig, "augment": AugmentConfig}
+
+
+@dataclass(frozen=True)
+class RecognitionTrainConfig:
+    """One recognition run: the config's ``recognition`` sections plus the face size."""
+
+    image_size: int
+    backbone: dict[str, Any]
+    head: HeadConfig
+    train: RecipeConfig
+    augment: AugmentConfig
+
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> RecognitionTrainConfig:
         """Build from the rule's params: ``image_size`` and the config's ``recognition``
-        sections ``backbone``, ``head``, ``train`` and ``augment`` (config/README.md)."""
-        train = dict(settings.get("train", {}))
-        for key in ("lrs", "stages"):
-            if key in train:
-                train[key] = tuple(train[key])
-        augment = {
-            k: tuple(v) if isinstance(v, list) else v
-            for k, v in settings.get("augment", {}).items()
+        sections ``backbone``, ``head``, ``train`` and ``augment`` (config/README.md); what a
+        section leaves out comes from the schema."""
+        unknown = sorted(set(settings) - {"image_size", "backbone", *SECTIONS})
+        if unknown or "image_size" not in settings:
+            raise SettingsError(
+                f"recognition settings need image_size and take backbone, "
+                f"{', '.join(SECTIONS)}; got unknown {unknown or 'none'}"
+            )
+        sections = {
+            name: from_settings(kind, settings.get(name, {}), f"recognition.{name}")
+            for name, kind in SECTIONS.items()
         }
-        head = settings.get("head", {})
-        return cls(
-            image_size=settings["image_size"],
-            backbone=dict(settings.get("backbone", {})),
-            scale=head.get("scale", cls.scale),
-            margin=head.get("margin", cls.margin),
-            augment=AugmentConfig(**augment),
-            **train,
-        )
+        backbone = {**schema_defaults("recognition.backbone"), **settings.get("backbone", {})}
+        return cls(image_size=settings["image_size"], backbone=backbone, **sections)
 
     def model_args(self) -> dict[str, Any]:
         return {**self.backbone, "input_size": self.image_size}
 
+    def fingerprint(self, data: str, classes: int) -> dict[str, str]:
+        """The run's inputs (see `checkpoint.fingerprint`), settings by dotted key."""
+        settings = {
+            f"{name}.{key}": value
+            for name in SECTIONS
+            for key, value in asdict(getattr(self, name)).items()
+            if not (name == "train" and key in RESULT_NEUTRAL)
+        }
+        architecture = {"backbone": self.model_args(), "classes": classes}
+        return checkpoint.fingerprint(data, settings, architecture)
 
-def learning_rate(cfg: RecognitionTrainConfig, epoch: int, global_step: int) -> float:
+
+def learning_rate(recipe: RecipeConfig, epoch: int, global_step: int) -> float:
     """TFace's schedule: a step LR by 0-based epoch, overridden by a linear warm-up (§7.2)."""
-    if cfg.warmup_steps > 0 and global_step <= cfg.warmup_steps:
-        return global_step * cfg.lrs[0] / cfg.warmup_steps
-    return cfg.lrs[bisect.bisect_right(cfg.stages, epoch)]
+    if recipe.warmup_steps > 0 and global_step <= recipe.warmup_steps:
+        return global_step * recipe.lrs[0] / recipe.warmup_steps
+    return recipe.lrs[bisect.bisect_right(recipe.stages, epoch)]
 
 
 class RecognitionModel(nn.Module):
@@ -114,65 +147,124 @@ class RecognitionModel(nn.Module):
         return self.head(self.backbone(images), labels)
 
 
-def _newest_checkpoint(run_dir: Path) -> int | None:
-    """The last epoch whose three files are all there (META is written last)."""
-    metas = checkpoint.numbered_files(run_dir, META_FILE)
-    complete = [
-        n
-        for n in metas
-        if (run_dir / BACKBONE_FILE.format(n=n)).exists()
-        and (run_dir / HEAD_FILE.format(n=n)).exists()
-    ]
-    return max(complete, default=None)
+def recognition_train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+) -> tuple[torch.Tensor, ArcFaceOutput]:
+    """One SGD step on a batch: autocast forward (the head computes in fp32), cross-entropy of
+    the margined logits. Returns the loss and the head's output."""
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    with runtime.autocast(device):
+        output = model(images, labels)
+    loss = F.cross_entropy(output.logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, output
+
+
+@dataclass
+class _Run:
+    """What the epochs of one run share."""
+
+    cfg: RecognitionTrainConfig
+    model: RecognitionModel
+    trained: nn.Module  # the model, DDP-wrapped in a distributed run
+    optimizer: torch.optim.Optimizer
+    dist_info: runtime.Distributed
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def _save_checkpoint(
-    run_dir: Path,
-    epoch: int,
-    model: RecognitionModel,
-    optimizer: torch.optim.Optimizer,
-    global_step: int,
-    cfg: RecognitionTrainConfig,
+    run: _Run, run_dir: Path, epoch: int, step: int, inputs: dict[str, str]
 ) -> None:
+    model, cfg = run.model, run.cfg
     checkpoint.atomic_save(model.backbone.state_dict(), run_dir / BACKBONE_FILE.format(n=epoch))
     checkpoint.atomic_save({"TFR": model.head.state_dict()}, run_dir / HEAD_FILE.format(n=epoch))
     meta = {
         "EPOCH": epoch,
-        "BACKBONE_OPT": optimizer.state_dict(),
-        "GLOBAL_STEP": global_step,
-        "RNG": torch.get_rng_state(),
+        "BACKBONE_OPT": run.optimizer.state_dict(),
+        "GLOBAL_STEP": step,
         "MODEL_ARGS": json.dumps(cfg.model_args(), sort_keys=True),
         "CONFIG": json.dumps(asdict(cfg), sort_keys=True),
         "VERSION": __version__,
+        checkpoint.FINGERPRINT_KEY: inputs,
     }
+    # META last: a checkpoint counts once its META is there.
     checkpoint.atomic_save(meta, run_dir / META_FILE.format(n=epoch))
-    checkpoint.prune_numbered(run_dir, [META_FILE, BACKBONE_FILE, HEAD_FILE], cfg.keep_checkpoints)
+    files = [META_FILE, BACKBONE_FILE, HEAD_FILE]
+    checkpoint.prune_numbered(run_dir, files, cfg.train.keep_checkpoints)
 
 
-def _resume(
-    run_dir: Path, model: RecognitionModel, optimizer: torch.optim.Optimizer, cfg
-) -> tuple[int, int]:
-    """Load the newest checkpoint; returns (epochs done, global step)."""
-    epoch = _newest_checkpoint(run_dir)
-    if epoch is None:
+def _resume(run: _Run, run_dir: Path, inputs: dict[str, str]) -> tuple[int, int]:
+    """Load the newest checkpoint made from ``inputs``; returns (epochs done, global step)."""
+    files = [META_FILE, BACKBONE_FILE, HEAD_FILE]
+    resumed = checkpoint.resume_state(run_dir, files, inputs, run.cfg.train.epochs, run.dist_info)
+    if resumed is None:
         return 0, 0
-    meta = checkpoint.load(run_dir / META_FILE.format(n=epoch))
-    saved_args = json.loads(meta["MODEL_ARGS"])
-    if saved_args != cfg.model_args():
-        raise ValueError(
-            f"{run_dir} holds a run of a different model ({saved_args}, now "
-            f"{cfg.model_args()}): delete the folder to start over, or restore the config"
-        )
-    model.backbone.load_state_dict(checkpoint.load(run_dir / BACKBONE_FILE.format(n=epoch)))
-    model.head.load_state_dict(checkpoint.load(run_dir / HEAD_FILE.format(n=epoch))["TFR"])
-    optimizer.load_state_dict(meta["BACKBONE_OPT"])
-    torch.set_rng_state(meta["RNG"])
+    epoch, (meta, backbone, head) = resumed
+    run.model.backbone.load_state_dict(backbone)
+    run.model.head.load_state_dict(head["TFR"])
+    # The model is on its device already: the optimiser casts its state to the parameters'.
+    run.optimizer.load_state_dict(meta["BACKBONE_OPT"])
     log.info("resumed %s at epoch %d, step %d", run_dir, epoch, meta["GLOBAL_STEP"])
     return epoch, int(meta["GLOBAL_STEP"])
 
 
 def _limit_worker_threads(_: int) -> None:
     torch.set_num_threads(1)
+
+
+def _loader(
+    dataset: RecordDataset, cfg: RecognitionTrainConfig, dist_info: runtime.Distributed
+) -> DataLoader:
+    sampler = GlobalBatchSampler(
+        len(dataset),
+        cfg.train.global_batch_size,
+        dist_info.rank,
+        dist_info.world_size,
+        cfg.train.seed,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=DecodeAugmentCollate(cfg.image_size, cfg.augment),
+        num_workers=cfg.train.num_workers,
+        worker_init_fn=_limit_worker_threads,
+        pin_memory=dist_info.device.type == "cuda",
+        persistent_workers=cfg.train.num_workers > 0,
+    )
+
+
+def _build(
+    cfg: RecognitionTrainConfig, classes: int, dist_info: runtime.Distributed
+) -> tuple[RecognitionModel, nn.Module, torch.optim.Optimizer]:
+    """The model on its device, its (maybe DDP-wrapped) training view, and SGD."""
+    torch.manual_seed(cfg.train.seed)
+    embedding = cfg.backbone.get("embedding_size", 512)
+    model = RecognitionModel(
+        build_model("tface_ir", **cfg.model_args()),
+        ArcFaceHead(embedding, classes, cfg.head.scale, cfg.head.margin),
+    ).to(dist_info.device)
+    # Weight decay on every parameter, BN and PReLU included, as TFace really trains IR (§4).
+    recipe = cfg.train
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lrs[0],
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+    )
+    trained: nn.Module = model
+    if dist_info.enabled:
+        on_gpu = dist_info.device.type == "cuda"
+        trained = DistributedDataParallel(
+            model, device_ids=[dist_info.local_rank] if on_gpu else None
+        )
+    return model, trained, optimizer
 
 
 def train_recognition(
@@ -183,51 +275,26 @@ def train_recognition(
     cfg: RecognitionTrainConfig,
     threads: int = 1,
 ) -> list[dict[str, float]]:
-    """Train until ``cfg.epochs``, resuming from ``run_dir``; write the final backbone.
+    """Train until ``cfg.train.epochs``, resuming from ``run_dir`` when it holds a run of the
+    same inputs (else it is set aside); write the final backbone.
 
     Writes ``backbone_out`` (a plain TFace-style state dict) and ``backbone_out`` with suffix
     ``.json`` (the ``build_model`` arguments that rebuild it). Returns the logged history.
     """
     dist_info = runtime.init_distributed()
     per_process = max(1, threads // dist_info.world_size)
-    runtime.set_threads(max(1, per_process - cfg.num_workers))
+    runtime.set_threads(max(1, per_process - cfg.train.num_workers))
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-
     dataset = RecordDataset(index_path, data_root)
-    sampler = GlobalBatchSampler(
-        len(dataset), cfg.global_batch_size, dist_info.rank, dist_info.world_size, cfg.seed
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=DecodeAugmentCollate(cfg.image_size, cfg.augment),
-        num_workers=cfg.num_workers,
-        worker_init_fn=_limit_worker_threads,
-        pin_memory=dist_info.device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-    )
-    model = RecognitionModel(
-        build_model("tface_ir", **cfg.model_args()),
-        ArcFaceHead(
-            cfg.backbone.get("embedding_size", 512), dataset.num_classes, cfg.scale, cfg.margin
-        ),
-    )
-    # Weight decay on every parameter, BN and PReLU included, as TFace really trains IR (§4).
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lrs[0], momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    start_epoch, global_step = _resume(run_dir, model, optimizer, cfg)
-    model.to(dist_info.device)
-    # Optimiser state was loaded on the CPU; move it where the parameters now are.
-    optimizer.load_state_dict(optimizer.state_dict())
-    trained: nn.Module = model
-    if dist_info.enabled:
-        on_gpu = dist_info.device.type == "cuda"
-        trained = DistributedDataParallel(
-            model, device_ids=[dist_info.local_rank] if on_gpu else None
-        )
+    loader = _loader(dataset, cfg, dist_info)
+    model, trained, optimizer = _build(cfg, dataset.num_classes, dist_info)
+    inputs: dict[str, str] = {}
+    if dist_info.is_main:
+        data = checkpoint.content_digest([Path(index_path), *dataset.shard_files()])
+        inputs = cfg.fingerprint(data, dataset.num_classes)
+    run = _Run(cfg, model, trained, optimizer, dist_info)
+    start_epoch, global_step = _resume(run, run_dir, inputs)
+    loss_log = checkpoint.LossLog(run_dir, global_step) if dist_info.is_main else None
     if dist_info.is_main:
         log.info(
             "training %s on %d images, %d classes: global batch %d = %d x %d processes, "
@@ -235,53 +302,59 @@ def train_recognition(
             cfg.model_args(),
             len(dataset),
             dataset.num_classes,
-            cfg.global_batch_size,
-            sampler.local_batch,
+            cfg.train.global_batch_size,
+            loader.batch_sampler.local_batch,
             dist_info.world_size,
-            len(sampler),
+            len(loader),
             start_epoch + 1,
-            cfg.epochs,
+            cfg.train.epochs,
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
-    history: list[dict[str, float]] = []
-    loss_log = run_dir / "loss.tsv"
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        trained.train()
-        started, seen = time.perf_counter(), 0
-        for images, labels in loader:
-            lr = learning_rate(cfg, epoch, global_step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images = images.to(dist_info.device, non_blocking=True)
-            labels = labels.to(dist_info.device, non_blocking=True)
-            with runtime.autocast(dist_info.device):
-                output = trained(images, labels)
-            loss = F.cross_entropy(output.logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            global_step += 1
-            seen += images.shape[0]
-            if global_step % cfg.log_every == 0 or seen == images.shape[0] * len(sampler):
-                record = _log_step(loss, output, labels, lr, epoch, global_step, dist_info)
-                record["images_per_s"] = (
-                    seen * dist_info.world_size / (time.perf_counter() - started)
-                )
-                history.append(record)
-                if dist_info.is_main:
-                    with loss_log.open("a", encoding="utf-8") as out:
-                        out.write("\t".join(f"{k}={v:.6g}" for k, v in record.items()) + "\n")
+    for epoch in range(start_epoch, cfg.train.epochs):
+        global_step = _train_epoch(run, loader, epoch, global_step, loss_log)
         if dist_info.is_main:
-            _save_checkpoint(run_dir, epoch + 1, model, optimizer, global_step, cfg)
+            _save_checkpoint(run, run_dir, epoch + 1, global_step, inputs)
         if dist_info.enabled:
             dist.barrier()
     if dist_info.is_main:
         checkpoint.atomic_save(model.backbone.cpu().state_dict(), Path(backbone_out))
-        spec = {"name": "tface_ir", "args": cfg.model_args(), "epochs": cfg.epochs}
-        Path(backbone_out).with_suffix(".json").write_text(json.dumps(spec, indent=2) + "\n")
+        spec = {"name": "tface_ir", "args": cfg.model_args(), "epochs": cfg.train.epochs}
+        write_json(Path(backbone_out).with_suffix(".json"), spec)
     runtime.shutdown_distributed()
-    return history
+    return run.history
+
+
+def _train_epoch(
+    run: _Run,
+    loader: DataLoader,
+    epoch: int,
+    global_step: int,
+    loss_log: checkpoint.LossLog | None,
+) -> int:
+    """One epoch of steps; returns the global step reached."""
+    recipe, dist_info = run.cfg.train, run.dist_info
+    loader.batch_sampler.set_epoch(epoch)
+    run.trained.train()
+    started, seen = time.perf_counter(), 0
+    for images, labels in loader:
+        lr = learning_rate(recipe, epoch, global_step)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        # Dropout draws from the global RNG (CUDA's on a GPU): seed it per (step, rank), so a
+        # resumed run continues exactly as an uninterrupted one.
+        torch.manual_seed(step_seed(recipe.seed, global_step, dist_info.rank + 1))
+        loss, output = recognition_train_step(
+            run.trained, run.optimizer, images, labels, dist_info.device
+        )
+        global_step += 1
+        seen += images.shape[0]
+        if global_step % recipe.log_every == 0 or seen == images.shape[0] * len(loader):
+            record = _log_step(loss, output, labels, lr, epoch, global_step, dist_info)
+            record["images_per_s"] = seen * dist_info.world_size / (time.perf_counter() - started)
+            run.history.append(record)
+            if loss_log is not None:
+                loss_log.append(record)
+    return global_step
 
 
 def _log_step(
@@ -294,6 +367,7 @@ def _log_step(
     dist_info: runtime.Distributed,
 ) -> dict[str, float]:
     """Loss and top-1 of the un-margined logits, averaged over all processes."""
+    labels = labels.to(output.cosine_logits.device)
     accuracy = (output.cosine_logits.argmax(dim=1) == labels).float().mean()
     figures = torch.stack([loss.detach().float(), accuracy])
     if dist_info.enabled:
