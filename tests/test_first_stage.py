@@ -4,6 +4,7 @@ cache's mirror encoding, and the shipped demo weights' packing."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def test_a_folder_without_a_valid_spec_says_what_to_write(tmp_path: Path) -> Non
 def test_training_writes_the_spec_beside_the_weights(tmp_path: Path) -> None:
     spec = FirstStage.load(SHIPPED).spec
     manifest = write_toy_dataset(tmp_path / "toy", identities=2, images_per_identity=2)
-    cfg = AutoencoderTrainConfig(spec=spec, batch_size=2, steps=1, log_every=1)
+    cfg = AutoencoderTrainConfig.from_settings(
+        {"spec": asdict(spec), "image_size": 32, "batch_size": 2, "steps": 1, "log_every": 1}
+    )
     train_autoencoder(manifest, tmp_path / "fs", tmp_path / "run", cfg)
     assert FirstStage.load(tmp_path / "fs").spec == spec
 

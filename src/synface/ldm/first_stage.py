@@ -7,6 +7,7 @@ the VQ-VAE objective: the decode path quantises (§2.1), so the codebook must be
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass

@@ -224,9 +224,7 @@ def _preview(
     save_image(grid.cpu(), run_dir / PREVIEW.format(step=step), nrow=per_row + 1)
 
 
-def _preview_decoder(
-    first_stage: Path | None, dist_info: runtime.Distributed
-) -> nn.Module | None:
+def _preview_decoder(first_stage: Path | None, dist_info: runtime.Distributed) -> nn.Module | None:
     """The first stage's decoder for the previews (main process only), or None."""
     if first_stage is None or not dist_info.is_main:
         return None
