@@ -20,7 +20,7 @@ from synface.consistency import (
     summarise,
     write_report,
 )
-from synface.embeddings import EMBEDDINGS_FILE, NAMES_FILE
+from synface.io.embeddings import EMBEDDINGS_FILE, NAMES_FILE
 from synface.io.manifest import ManifestEntry, write_manifest
 
 

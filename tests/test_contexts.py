@@ -16,7 +16,7 @@ from synface.contexts import (
     select_contexts,
     uniform_contexts,
 )
-from synface.embeddings import write_embeddings
+from synface.io.embeddings import write_embeddings
 from synface.io.manifest import read_manifest
 from synface.ldm.faces import embed_faces
 from synface.ldm.first_stage import FirstStageSpec

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from synface import runtime
-from synface.embeddings import read_embeddings
+from synface.io.embeddings import aligned_entries, read_embeddings
 from synface.io.manifest import ManifestEntry, read_manifest, write_manifest
 from synface.ldm.faces import FaceGenerator, embed_faces, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
@@ -145,7 +145,7 @@ def import_admis_embeddings(
 ) -> None:
     """ADMIS's released context embeddings, reordered to the database manifest (matched by
     file name), written like ``extract_embeddings`` output."""
-    from synface.embeddings import read_admis_embeddings, write_embeddings
+    from synface.io.embeddings import read_admis_embeddings, write_embeddings
 
     embeddings, names = read_admis_embeddings(embed_npy, names_pkl)
     row_of = {Path(name).name: row for row, name in enumerate(names)}
@@ -194,12 +194,7 @@ def select_contexts(
     runtime.set_threads(threads)
     device = runtime.pick_device()
     embeddings, names = read_embeddings(candidates_dir)
-    entries = read_manifest(candidates_manifest)
-    if len(entries) != len(embeddings):
-        raise ValueError(
-            f"{candidates_manifest} lists {len(entries)} faces but {candidates_dir} holds "
-            f"{len(embeddings)} embeddings: rerun extract_embeddings"
-        )
+    entries = aligned_entries(candidates_dir, names, candidates_manifest)
     generator = FaceGenerator(ldm_checkpoint, first_stage_dir, spec, device)
     embedder, face_size = load_backbone(embedding_weights)
     embedder.to(device)

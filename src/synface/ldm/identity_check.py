@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from synface import runtime
-from synface.embeddings import read_embeddings
+from synface.io.embeddings import read_embeddings
 from synface.ldm.faces import FaceGenerator, embed_faces
 from synface.ldm.first_stage import FirstStageSpec
 from synface.models.spec import load_backbone
