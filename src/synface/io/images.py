@@ -103,7 +103,9 @@ def open_image(data: bytes, where: str) -> Iterator[Image.Image]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as error:
-        raise BadImageError(where, f"too large: {error}") from error
+        # Pillow's own refusal, at open, of headers past twice its limit (179 M pixels).
+        reason = f"too large: over the limit of {MAX_PIXELS} pixels (Pillow: {error})"
+        raise BadImageError(where, reason) from error
     except Image.UnidentifiedImageError as error:
         formats = ", ".join(FORMATS)
         raise BadImageError(where, f"undecodable: not a {formats} image") from error
