@@ -249,3 +249,30 @@ def test_a_malicious_names_pickle_is_refused_unexecuted(tmp_path):
     # The payload is live: a plain unpickler runs it.
     pickle.loads(payload)
     assert sentinel.exists()
+
+
+def test_a_model_whose_external_data_escapes_its_folder_is_refused(tmp_path):
+    """An ONNX initializer may point at a file beside the model; ONNX Runtime must refuse one
+    outside the model's folder (here a 'secret' next to it), before anything is read."""
+    from onnx import TensorProto, helper
+
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["images", "w"], ["embeddings"])],
+        "escape",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 2, 4])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [1, 3, 2, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx_path = tmp_path / "model" / "model.onnx"
+    onnx_path.parent.mkdir()
+    onnx_path.write_bytes(model.SerializeToString())
+    manifest_path = _write_dataset(tmp_path / "data", _faces(1, SIZE))
+    with pytest.raises(Exception, match="External data path escapes model directory"):
+        extract_embeddings(onnx_path, manifest_path, tmp_path / "emb", 1, threads=1)
+    assert not (tmp_path / "emb").exists()
