@@ -378,17 +378,7 @@ def _histogram_figure(
 
     legend = [(label, rgb) for label, _, rgb in series]
     legend.append((f"EER threshold {report.eer_threshold:.3f}", _EER_RGB))
-    row_height = _FONT_SIZE + 8
-    legend_width = 40 + max(round(draw.textlength(label, font=font)) for label, _ in legend)
-    draw.rectangle(
-        (box[0] + 4, box[1] + 4, box[0] + legend_width, box[1] + 10 + len(legend) * row_height),
-        fill="white",
-        outline="gray",
-    )
-    for row, (label, rgb) in enumerate(legend):
-        y = box[1] + 10 + row * row_height
-        draw.rectangle((box[0] + 10, y, box[0] + 24, y + _FONT_SIZE), fill=rgb)
-        draw.text((box[0] + 32, y), label, fill="black", font=font)
+    _draw_legend(draw, box, font, legend)
 
     fdr = "n/a" if report.fdr is None else f"{report.fdr:.3g}"
     title = f"Identity consistency: EER {report.eer:.2%}, FDR {fdr}"
@@ -400,16 +390,42 @@ def _histogram_figure(
         font=font,
         anchor="mb",
     )
+    _draw_y_label(image, box, font, "probability per bin")
+    return image.convert("RGB")
+
+
+def _draw_y_label(
+    image: Image.Image,
+    box: tuple[int, int, int, int],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    text: str,
+) -> None:
+    """``text`` turned 90°, centred along the plot's left edge."""
     y_label = Image.new("RGBA", (box[3] - box[1], _FONT_SIZE + 6), (0, 0, 0, 0))
     ImageDraw.Draw(y_label).text(
-        (y_label.width / 2, y_label.height / 2),
-        "probability per bin",
-        fill="black",
-        font=font,
-        anchor="mm",
+        (y_label.width / 2, y_label.height / 2), text, fill="black", font=font, anchor="mm"
     )
     image.alpha_composite(y_label.rotate(90, expand=True), (6, box[1]))
-    return image.convert("RGB")
+
+
+def _draw_legend(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    legend: list[tuple[str, tuple[int, int, int]]],
+) -> None:
+    """A boxed legend in the plot's top-left corner: one colour swatch and label per row."""
+    row_height = _FONT_SIZE + 8
+    legend_width = 40 + max(round(draw.textlength(label, font=font)) for label, _ in legend)
+    draw.rectangle(
+        (box[0] + 4, box[1] + 4, box[0] + legend_width, box[1] + 10 + len(legend) * row_height),
+        fill="white",
+        outline="gray",
+    )
+    for row, (label, rgb) in enumerate(legend):
+        y = box[1] + 10 + row * row_height
+        draw.rectangle((box[0] + 10, y, box[0] + 24, y + _FONT_SIZE), fill=rgb)
+        draw.text((box[0] + 32, y), label, fill="black", font=font)
 
 
 def _bin_probabilities(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
