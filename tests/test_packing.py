@@ -7,6 +7,7 @@ import pytest
 from bad_images import huge_header_jpeg, huge_png
 from PIL import Image, ImageFile
 
+from synface import packing
 from synface.io import images as images_module
 from synface.io.tfrecord import iter_index_records, read_training_index
 from synface.packing import pack_tfrecords
@@ -127,3 +128,22 @@ def test_huge_images_are_rejected_from_their_header_without_decoding(
     assert rejected[1][1] == "too large: 9000x9000 is over the limit of 16777216 pixels"
     assert rejected[2][1].startswith("too large: over the limit of 16777216 pixels (Pillow: ")
     assert rejected[3][1] == "wrong size: 64x64, expected 32x32"
+
+
+def test_an_interrupted_packing_leaves_no_shard_or_index_behind(
+    toy_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or any error) half-way: nothing a later training run could mistake for data."""
+    real_stream = packing._prepared_stream
+
+    def interrupted(*args: object) -> object:
+        for count, prepared in enumerate(real_stream(*args)):
+            if count == 30:
+                raise KeyboardInterrupt
+            yield prepared
+
+    monkeypatch.setattr(packing, "_prepared_stream", interrupted)
+    out = tmp_path / "packed"
+    with pytest.raises(KeyboardInterrupt):
+        pack_tfrecords(toy_manifest, out, "TFR-toy", image_size=32, records_per_shard=8)
+    assert [p for p in out.rglob("*") if p.is_file()] == []
