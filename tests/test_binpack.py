@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synface.io.binpack import BinPackError, UnsafePickleError, read_bin, write_bin
+from synface.io.binpack import BinPackError, read_bin, write_bin
+from synface.io.pickles import UnsafePickleError
 
 BIN_DIR = Path(__file__).parent / "fixtures" / "formats" / "bin"
 PACKS = ("toy_py2.bin", "toy_py3.bin", "toy_ndarray.bin")

@@ -20,8 +20,9 @@ from synface.consistency import (
     summarise,
     write_report,
 )
-from synface.embeddings import EMBEDDINGS_FILE, NAMES_FILE
+from synface.io.embeddings import EMBEDDINGS_FILE, NAMES_FILE
 from synface.io.manifest import ManifestEntry, write_manifest
+from synface.io.rejected import write_rejected
 
 
 def clusters(identities: int, per_identity: int, dim: int, noise: float, seed: int = 0):
@@ -214,3 +215,20 @@ def test_write_report_png_for_degenerate_scores(tmp_path: Path) -> None:
     with Image.open(tmp_path / "r.png") as image:
         assert image.size == PNG_SIZE
     assert json.loads((tmp_path / "r.json").read_text())["eer"] == 0.0
+
+
+def test_images_extraction_rejected_are_left_out_and_the_rest_keep_their_labels(
+    tmp_path: Path,
+) -> None:
+    embeddings, labels = clusters(identities=3, per_identity=3, dim=4, noise=0.1)
+    folder, manifest = write_set(tmp_path, embeddings, labels)
+    names = (folder / NAMES_FILE).read_text().splitlines()
+    kept = [row for row in range(len(names)) if row not in (1, 5)]
+    (folder / NAMES_FILE).write_text("".join(f"{names[row]}\n" for row in kept))
+    np.save(folder / EMBEDDINGS_FILE, embeddings[kept].astype(np.float32))
+    out = (tmp_path / "c.json", tmp_path / "c.png")
+    with pytest.raises(ValueError, match=r"lists 7 images but .* lists 9; re-run"):
+        consistency_report(folder, manifest, *out)
+    write_rejected(folder, [(names[1], "unreadable: gone"), (names[5], "undecodable: x")])
+    report = consistency_report(folder, manifest, *out)
+    assert report == identity_consistency(embeddings[kept].astype(np.float32), labels[kept])

@@ -18,7 +18,7 @@ from synface.contexts import (
     select_contexts,
     uniform_contexts,
 )
-from synface.embeddings import read_embeddings, write_embeddings
+from synface.io.embeddings import read_embeddings, write_embeddings
 from synface.io.manifest import read_manifest
 from synface.ldm.faces import embed_faces
 from synface.models.spec import load_backbone

@@ -22,15 +22,9 @@ from synface.demo_world.render import (
     sample_identity,
     sample_nuisance,
 )
-from synface.embeddings import (
-    OnnxParityError,
-    Parity,
-    UnsafePickleError,
-    extract_embeddings,
-    read_admis_embeddings,
-    read_embeddings,
-    write_admis_embeddings,
-)
+from synface.embeddings import OnnxParityError, Parity, extract_embeddings
+from synface.io.embeddings import read_admis_embeddings, read_embeddings, write_admis_embeddings
+from synface.io.pickles import UnsafePickleError
 from synface.models import build_model
 
 # A narrow iresnet at demo resolution: the real export path at a fraction of the cost.
@@ -136,7 +130,8 @@ def test_extraction_matches_torch_on_demo_faces_in_manifest_order(onnx_model, ba
     expected = _torch_embeddings(model, [faces[i] for i in order])
     assert np.abs(rows - expected).max() <= 1e-4
     assert (rows * expected).sum(axis=1).min() >= 0.9999
-    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "names.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "names.txt", "rejected.tsv"]
+    assert (out / "rejected.tsv").read_text() == "path\treason\n"
 
 
 def test_batch_size_does_not_change_the_embeddings(onnx_model, tmp_path):
@@ -160,12 +155,29 @@ def test_larger_images_are_resized_to_the_model_input(onnx_model, backbone, tmp_
     assert np.abs(rows - _torch_embeddings(model, faces[::-1])).max() <= 1e-4
 
 
-def test_an_unreadable_image_is_named(onnx_model, tmp_path):
+def test_an_unreadable_image_is_skipped_listed_and_left_out_of_the_rows(
+    onnx_model, backbone, tmp_path
+):
+    _, model = backbone
+    faces = _faces(4, SIZE, seed=3)
+    manifest_path = _write_dataset(tmp_path / "data", faces)
+    (tmp_path / "data" / "images" / "001" / "1.png").write_bytes(b"not an image")
+    extract_embeddings(onnx_model, manifest_path, tmp_path / "emb", 2, threads=1)
+    rows, names = read_embeddings(tmp_path / "emb")
+    # Manifest order is 3, 2, 1, 0; face 1 is gone from rows and names alike.
+    assert names == ["images/000/3.png", "images/002/2.png", "images/000/0.png"]
+    assert np.abs(rows - _torch_embeddings(model, [faces[3], faces[2], faces[0]])).max() <= 1e-4
+    rejected = (tmp_path / "emb" / "rejected.tsv").read_text().splitlines()
+    assert rejected[1].startswith("images/001/1.png\tundecodable: ")
+
+
+def test_with_no_usable_image_extraction_stops_naming_it(onnx_model, tmp_path):
     manifest_path = _write_dataset(tmp_path / "data", _faces(1, SIZE))
     (tmp_path / "data" / "images" / "000" / "0.png").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=r"0\.png: cannot read the image"):
+    with pytest.raises(ValueError, match=r"none of its 1 images .*images/000/0\.png: undecodable"):
         extract_embeddings(onnx_model, manifest_path, tmp_path / "emb", 1, threads=1)
     assert not (tmp_path / "emb" / "embeddings.npy").exists()
+    assert "images/000/0.png" in (tmp_path / "emb" / "rejected.tsv").read_text()
 
 
 def test_a_parity_failure_leaves_no_model(backbone, tmp_path, monkeypatch):
@@ -237,3 +249,30 @@ def test_a_malicious_names_pickle_is_refused_unexecuted(tmp_path):
     # The payload is live: a plain unpickler runs it.
     pickle.loads(payload)
     assert sentinel.exists()
+
+
+def test_a_model_whose_external_data_escapes_its_folder_is_refused(tmp_path):
+    """An ONNX initializer may point at a file beside the model; ONNX Runtime must refuse one
+    outside the model's folder (here a 'secret' next to it), before anything is read."""
+    from onnx import TensorProto, helper
+
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["images", "w"], ["embeddings"])],
+        "escape",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 2, 4])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, [1, 3, 2, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx_path = tmp_path / "model" / "model.onnx"
+    onnx_path.parent.mkdir()
+    onnx_path.write_bytes(model.SerializeToString())
+    manifest_path = _write_dataset(tmp_path / "data", _faces(1, SIZE))
+    with pytest.raises(Exception, match="External data path escapes model directory"):
+        extract_embeddings(onnx_path, manifest_path, tmp_path / "emb", 1, threads=1)
+    assert not (tmp_path / "emb").exists()

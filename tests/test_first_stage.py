@@ -15,7 +15,7 @@ from conftest import write_toy_dataset
 from PIL import Image
 
 from synface.demo_weights import pack_demo_weights
-from synface.embeddings import write_embeddings
+from synface.io.embeddings import write_embeddings
 from synface.ldm.first_stage import (
     FIRST_STAGE_JSON,
     AutoencoderTrainConfig,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from synface.cli import main
 from synface.io.manifest import ManifestEntry, read_manifest, scan_image_folder, write_manifest
 
 
@@ -43,3 +44,19 @@ def test_scanned_folders_get_dense_labels_in_name_order(tmp_path: Path) -> None:
 def test_a_missing_dataset_folder_says_what_belongs_there(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"images/<identity>/<n>\.jpg"):
         scan_image_folder(tmp_path / "casia")
+
+
+@pytest.mark.parametrize("name", ["tab\there.jpg", "line\nbreak.jpg", "return\r.jpg"])
+def test_a_file_name_no_manifest_line_can_hold_is_refused_by_name(
+    tmp_path: Path, name: str
+) -> None:
+    images = tmp_path / "images"
+    (images / "0").mkdir(parents=True)
+    (images / "0" / "fine.jpg").write_bytes(b"x")
+    (images / "0" / name).write_bytes(b"x")
+    out = tmp_path / "manifest.tsv"
+    with pytest.raises(ValueError, match="tab or line break in a file name") as error:
+        main(["manifest", "--images", str(images), "--out", str(out)])
+    assert repr(str(images / "0" / name)) in str(error.value)
+    assert str(out) in str(error.value)
+    assert not out.exists()

@@ -4,8 +4,11 @@ import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from bad_images import huge_header_jpeg, huge_png
+from PIL import Image, ImageFile
 
+from synface import packing
+from synface.io import images as images_module
 from synface.io.tfrecord import iter_index_records, read_training_index
 from synface.packing import pack_tfrecords
 
@@ -96,3 +99,51 @@ def test_nothing_valid_fails_and_points_at_the_rejection_list(tmp_path: Path) ->
 def test_tface_needs_tfr_in_the_dataset_name(toy_manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must contain 'TFR'"):
         pack_tfrecords(toy_manifest, tmp_path / "out", "casia", image_size=32)
+
+
+def test_huge_images_are_rejected_from_their_header_without_decoding(
+    toy_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 9000² PNG used to be decoded (243 MB) before its size was found wrong."""
+    images = toy_manifest.parent / "images"
+    (images / "0" / "0.jpg").write_bytes(huge_png(9000))
+    (images / "1" / "0.jpg").write_bytes(huge_header_jpeg(16000))
+    (images / "2" / "0.jpg").write_bytes(huge_png(64))
+    load = ImageFile.ImageFile.load
+
+    def small_only(self: ImageFile.ImageFile) -> object:
+        assert self.size[0] <= 64, f"a {self.size} image was decoded"
+        return load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", small_only)
+    monkeypatch.setattr(images_module, "_check_png_data", lambda data, where: None)
+    out = tmp_path / "packed"
+    pack_tfrecords(toy_manifest, out, "TFR-toy", image_size=32)
+    rejected = [line.split("\t") for line in (out / "rejected.tsv").read_text().splitlines()]
+    assert [path for path, _ in rejected[1:]] == [
+        "images/0/0.jpg",
+        "images/1/0.jpg",
+        "images/2/0.jpg",
+    ]
+    assert rejected[1][1] == "too large: 9000x9000 is over the limit of 16777216 pixels"
+    assert rejected[2][1].startswith("too large: over the limit of 16777216 pixels (Pillow: ")
+    assert rejected[3][1] == "wrong size: 64x64, expected 32x32"
+
+
+def test_an_interrupted_packing_leaves_no_shard_or_index_behind(
+    toy_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (or any error) half-way: nothing a later training run could mistake for data."""
+    real_stream = packing._prepared_stream
+
+    def interrupted(*args: object) -> object:
+        for count, prepared in enumerate(real_stream(*args)):
+            if count == 30:
+                raise KeyboardInterrupt
+            yield prepared
+
+    monkeypatch.setattr(packing, "_prepared_stream", interrupted)
+    out = tmp_path / "packed"
+    with pytest.raises(KeyboardInterrupt):
+        pack_tfrecords(toy_manifest, out, "TFR-toy", image_size=32, records_per_shard=8)
+    assert [p for p in out.rglob("*") if p.is_file()] == []

@@ -31,18 +31,17 @@ Where this differs from the reference, and why:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from synface.io.atomic import atomic_path
-from synface.io.manifest import read_manifest
+from synface.evaluation.verification import l2_normalize
+from synface.io.atomic import atomic_path, write_json
+from synface.io.embeddings import aligned_entries, read_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ def pair_scores(
         )
     if max_impostor_pairs < 1:
         raise ValueError(f"max_impostor_pairs must be >= 1, got {max_impostor_pairs}")
-    unit = _l2_normalise(embeddings)
+    unit = _unit_rows(embeddings)
 
     # Rows grouped by identity: identity c owns sorted positions [starts[c], ends[c]).
     _, inverse = np.unique(labels, return_inverse=True)
@@ -234,8 +233,7 @@ def write_report(
 ) -> None:
     """Write the report as JSON and the two score histograms as a PNG, each atomically."""
     out_json, out_png = Path(out_json), Path(out_png)
-    with atomic_path(out_json) as tmp:
-        tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    write_json(out_json, report.to_dict())
     with atomic_path(out_png) as tmp:
         _histogram_figure(report, genuine, impostor).save(tmp, format="PNG")
 
@@ -250,16 +248,14 @@ def consistency_report(
 ) -> ConsistencyReport:
     """Stage: the identity consistency of an `extract-embeddings` output, labelled by its manifest.
 
-    Row i of the embeddings must be manifest image i (`names.txt` holds its manifest-relative
-    path, specs/generative.md §20 gap 9); anything else raises rather than mislabels.
+    Rows are joined to the manifest by `synface.io.embeddings.aligned_entries` (the manifest's
+    images in order, less those extraction rejected); anything else raises rather than
+    mislabels.
     """
-    # Imported here: synface.embeddings pulls in torch and torchvision, which the metrics above
-    # do without.
-    from synface.embeddings import NAMES_FILE, read_embeddings
-
     embeddings_dir, manifest = Path(embeddings_dir), Path(manifest)
     embeddings, names = read_embeddings(embeddings_dir)
-    labels = _aligned_labels(names, embeddings_dir / NAMES_FILE, manifest)
+    entries = aligned_entries(embeddings_dir, names, manifest)
+    labels = np.array([entry.label for entry in entries], dtype=np.int64)
     scores = pair_scores(embeddings, labels, max_impostor_pairs, seed)
     report = summarise(scores)
     write_report(report, out_json, out_png, scores.genuine, scores.impostor)
@@ -267,32 +263,16 @@ def consistency_report(
     return report
 
 
-def _aligned_labels(names: list[str], names_file: Path, manifest: Path) -> np.ndarray:
-    entries = read_manifest(manifest)
-    expected = [Path(os.path.relpath(e.path, manifest.parent)).as_posix() for e in entries]
-    fix = f"re-run extract-embeddings on {manifest}"
-    if len(names) != len(expected):
-        raise ValueError(
-            f"{names_file} lists {len(names)} images but {manifest} lists {len(expected)}; {fix}"
-        )
-    for row, (name, path) in enumerate(zip(names, expected, strict=True), start=1):
-        if name != path:
-            raise ValueError(
-                f"{names_file} row {row} is {name!r} but image {row} of {manifest} is {path!r}; "
-                f"embeddings and manifest are not index-aligned: {fix}"
-            )
-    return np.array([e.label for e in entries], dtype=np.int64)
-
-
-def _l2_normalise(embeddings: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1, keepdims=True)
-    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, refusing zero or non-finite rows: a cosine needs a direction."""
+    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
     if bad.size:
         raise ValueError(
             f"{bad.size} embedding rows are zero or non-finite (first: row index {bad[0]}); "
             "a cosine needs a direction"
         )
-    return (embeddings / norms).astype(np.float32)
+    return l2_normalize(embeddings).astype(np.float32)
 
 
 def _error_rates(
@@ -398,17 +378,7 @@ def _histogram_figure(
 
     legend = [(label, rgb) for label, _, rgb in series]
     legend.append((f"EER threshold {report.eer_threshold:.3f}", _EER_RGB))
-    row_height = _FONT_SIZE + 8
-    legend_width = 40 + max(round(draw.textlength(label, font=font)) for label, _ in legend)
-    draw.rectangle(
-        (box[0] + 4, box[1] + 4, box[0] + legend_width, box[1] + 10 + len(legend) * row_height),
-        fill="white",
-        outline="gray",
-    )
-    for row, (label, rgb) in enumerate(legend):
-        y = box[1] + 10 + row * row_height
-        draw.rectangle((box[0] + 10, y, box[0] + 24, y + _FONT_SIZE), fill=rgb)
-        draw.text((box[0] + 32, y), label, fill="black", font=font)
+    _draw_legend(draw, box, font, legend)
 
     fdr = "n/a" if report.fdr is None else f"{report.fdr:.3g}"
     title = f"Identity consistency: EER {report.eer:.2%}, FDR {fdr}"
@@ -420,16 +390,42 @@ def _histogram_figure(
         font=font,
         anchor="mb",
     )
+    _draw_y_label(image, box, font, "probability per bin")
+    return image.convert("RGB")
+
+
+def _draw_y_label(
+    image: Image.Image,
+    box: tuple[int, int, int, int],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    text: str,
+) -> None:
+    """``text`` turned 90°, centred along the plot's left edge."""
     y_label = Image.new("RGBA", (box[3] - box[1], _FONT_SIZE + 6), (0, 0, 0, 0))
     ImageDraw.Draw(y_label).text(
-        (y_label.width / 2, y_label.height / 2),
-        "probability per bin",
-        fill="black",
-        font=font,
-        anchor="mm",
+        (y_label.width / 2, y_label.height / 2), text, fill="black", font=font, anchor="mm"
     )
     image.alpha_composite(y_label.rotate(90, expand=True), (6, box[1]))
-    return image.convert("RGB")
+
+
+def _draw_legend(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[int, int, int, int],
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    legend: list[tuple[str, tuple[int, int, int]]],
+) -> None:
+    """A boxed legend in the plot's top-left corner: one colour swatch and label per row."""
+    row_height = _FONT_SIZE + 8
+    legend_width = 40 + max(round(draw.textlength(label, font=font)) for label, _ in legend)
+    draw.rectangle(
+        (box[0] + 4, box[1] + 4, box[0] + legend_width, box[1] + 10 + len(legend) * row_height),
+        fill="white",
+        outline="gray",
+    )
+    for row, (label, rgb) in enumerate(legend):
+        y = box[1] + 10 + row * row_height
+        draw.rectangle((box[0] + 10, y, box[0] + 24, y + _FONT_SIZE), fill=rgb)
+        draw.text((box[0] + 32, y), label, fill="black", font=font)
 
 
 def _bin_probabilities(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from synface.embeddings import read_embeddings
 from synface.io.atomic import atomic_path, write_json, write_text
+from synface.io.embeddings import aligned_entries, read_embeddings
 from synface.io.images import to_uint8
 from synface.io.manifest import ManifestEntry, read_manifest, write_manifest
 from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces, stage_device
@@ -157,7 +157,7 @@ def import_admis_embeddings(
 ) -> None:
     """ADMIS's released context embeddings, reordered to the database manifest (matched by
     file name), written like ``extract_embeddings`` output."""
-    from synface.embeddings import read_admis_embeddings, write_embeddings
+    from synface.io.embeddings import read_admis_embeddings, write_embeddings
 
     embeddings, names = read_admis_embeddings(embed_npy, names_pkl)
     row_of = {Path(name).name: row for row, name in enumerate(names)}
@@ -263,12 +263,7 @@ def select_contexts(
     context faces, label = row), ``selected.tsv`` and ``dropped.tsv`` (with the reason).
     """
     embeddings, names = read_embeddings(candidates_dir)
-    entries = read_manifest(candidates_manifest)
-    if len(entries) != len(embeddings):
-        raise ValueError(
-            f"{candidates_manifest} lists {len(entries)} faces but {candidates_dir} holds "
-            f"{len(embeddings)} embeddings: rerun extract_embeddings"
-        )
+    entries = aligned_entries(candidates_dir, names, candidates_manifest)
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
     embedder = FaceEmbedder(embedding_weights, generator.device)
     contexts = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))

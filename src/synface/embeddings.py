@@ -11,38 +11,36 @@ Files:
   and `model.onnx.json` (input size, normalisation, parity figures).
 - `extract_embeddings`: manifest → `embeddings.npy` (N × D float32, unit rows) + `names.txt`
   (manifest-relative paths, same order), the one link between an image and its row
-  (generative.md §20, gap 9).
-- `read_admis_embeddings` / `write_admis_embeddings`: ADMIS's `elastic_embed.npy` +
-  `image_names.pkl` (§10.1).
+  (generative.md §20, gap 9), + `rejected.tsv` (images skipped as unreadable).
+
+Reading these files, and ADMIS's `elastic_embed.npy` + `image_names.pkl` (§10.1), is
+`synface.io.embeddings`'.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import pickle
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from synface import runtime
-from synface.io.atomic import atomic_path
-from synface.io.images import ImageLoader
-from synface.io.manifest import read_manifest
+from synface.evaluation.verification import l2_normalize
+from synface.io.atomic import atomic_path, write_json
+from synface.io.embeddings import EMBEDDINGS_FILE, write_names
+from synface.io.images import DatasetImages
+from synface.io.manifest import read_manifest, relative_name
+from synface.io.npy import write_rows
 from synface.models.spec import load_backbone
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
-EMBEDDINGS_FILE = "embeddings.npy"
-NAMES_FILE = "names.txt"
 LOG_EVERY_BATCHES = 50
 
 # Parity inputs: two batch sizes, so the check also covers the dynamic batch axis.
@@ -52,20 +50,12 @@ PARITY_SEED = 0
 PARITY_MAX_ABS_DIFF = 1e-4
 PARITY_MIN_COSINE = 0.9999
 
-# ADMIS's image_names.pkl is a plain list of str (generative.md §10.1); protocol 4 is readable
-# by every Python 3 the reference runs on.
-ADMIS_PICKLE_PROTOCOL = 4
-
 # ElasticFace / insightface input normalisation (recognition.md §11): (x − 127.5) / 127.5.
 NORMALISATION = "(x - 127.5) / 127.5, RGB, NCHW float32"
 
 
 class OnnxParityError(RuntimeError):
     """ONNX Runtime and torch disagree on the exported model's embeddings."""
-
-
-class UnsafePickleError(ValueError):
-    """A names pickle refers to a global; it was refused, not executed."""
 
 
 @dataclass(frozen=True)
@@ -135,8 +125,7 @@ def export_onnx(
         "parity": asdict(parity)
         | {"gate_max_abs_diff": max_abs_diff, "gate_min_cosine": min_cosine},
     }
-    with atomic_path(_onnx_info_path(onnx_out)) as tmp:
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(_onnx_info_path(onnx_out), info)
     return parity
 
 
@@ -176,7 +165,7 @@ def _check_parity(model: torch.nn.Module, input_size: int, onnx_path: Path, thre
                 f"{onnx_path}: ONNX output shape {actual.shape} != torch's {expected.shape} "
                 f"at batch size {batch_size}"
             )
-        unit_actual, unit_expected = _l2_normalise(actual), _l2_normalise(expected)
+        unit_actual, unit_expected = l2_normalize(actual), l2_normalize(expected)
         abs_diff = max(abs_diff, float(np.abs(unit_actual - unit_expected).max()))
         cosine = min(cosine, float((unit_actual * unit_expected).sum(axis=1).min()))
         raw_diff = max(raw_diff, float(np.abs(actual - expected).max()))
@@ -216,10 +205,6 @@ def _extraction_session(onnx_model: Path, threads: int) -> Any:
     return session
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 @dataclass(frozen=True)
 class ExtractionSummary:
     """What `extract_embeddings` wrote."""
@@ -233,13 +218,19 @@ class ExtractionSummary:
 def extract_embeddings(
     onnx_model: Path, manifest: Path, out_dir: Path, batch_size: int, threads: int
 ) -> ExtractionSummary:
-    """Embed every manifest image; write `embeddings.npy` (N × D float32) and `names.txt`.
+    """Embed every usable manifest image; write `embeddings.npy` (N × D float32), `names.txt`
+    and `rejected.tsv`.
 
     Preprocessing follows ElasticFace as ADMIS applies it (generative.md §11): RGB, (x − 127.5) /
     127.5, then a bilinear resize to the model's input size when the image differs (128-px CASIA
-    → 112), single view (no flip), and each output row L2-normalised. Row i is manifest line i;
-    `names.txt` line i is its path relative to the manifest's folder. Both files are written
+    → 112), single view (no flip), and each output row L2-normalised. Images that
+    `synface.io.images` refuses are skipped and listed in `rejected.tsv`; the rows are the other
+    images in manifest order, and `names.txt` line i is row i's path relative to the manifest's
+    folder (`synface.io.embeddings.aligned_entries` joins them back). Both files are written
     under temporary names and renamed, so an interrupted job leaves no partial output.
+
+    Raises:
+        ValueError: naming the files when no image of the manifest is usable.
     """
     onnx_model, manifest, out_dir = Path(onnx_model), Path(manifest), Path(out_dir)
     if batch_size < 1:
@@ -250,26 +241,20 @@ def extract_embeddings(
         raise ValueError(f"{manifest}: the manifest lists no images")
     session = _extraction_session(onnx_model, threads)
     input_size, dim = _model_io(session, onnx_model)
-    paths = [entry.path for entry in entries]
-    names = [Path(os.path.relpath(path, manifest.parent)).as_posix() for path in paths]
-
-    load = ImageLoader(input_size)
-
-    with atomic_path(out_dir / EMBEDDINGS_FILE) as tmp:
-        # A memory map of the final array: N × D never has to fit in RAM (CASIA: 490k rows).
-        rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(paths), dim))
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for start in range(0, len(paths), batch_size):
-                batch = list(pool.map(load, paths[start : start + batch_size]))
-                raw = session.run([OUTPUT_NAME], {INPUT_NAME: torch.stack(batch).numpy()})[0]
-                rows[start : start + len(batch)] = _l2_normalise(raw.astype(np.float64))
-                if (start // batch_size) % LOG_EVERY_BATCHES == 0:
-                    log.info("embedded %d / %d images", start + len(batch), len(paths))
-        rows.flush()
-        del rows
-    with atomic_path(out_dir / NAMES_FILE) as tmp:
-        tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-    summary = ExtractionSummary(len(paths), dim, input_size, tuple(session.get_providers()))
+    names = [relative_name(entry.path, manifest) for entry in entries]
+    images = DatasetImages([entry.path for entry in entries], names, input_size, threads)
+    kept: list[int] = []
+    # A memory map of the final array: N × D never has to fit in RAM (CASIA: 490k rows).
+    with write_rows(out_dir / EMBEDDINGS_FILE, (len(entries), dim), np.float32) as rows:
+        for number, (indices, batch) in enumerate(images.batches(batch_size)):
+            raw = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
+            rows.append(l2_normalize(raw.astype(np.float64)))
+            kept += indices
+            if number % LOG_EVERY_BATCHES == 0:
+                log.info("embedded %d / %d images", indices[-1] + 1, len(entries))
+        images.finish(out_dir, manifest)
+    write_names(out_dir, [names[i] for i in kept])
+    summary = ExtractionSummary(len(kept), dim, input_size, tuple(session.get_providers()))
     log.info("wrote %s", summary)
     return summary
 
@@ -286,90 +271,3 @@ def _model_io(session: Any, onnx_model: Path) -> tuple[int, int]:
     if len(out_shape) != 2 or not isinstance(out_shape[1], int):
         raise ValueError(f"{onnx_model}: expected a (batch, D) output, got {out_shape}")
     return in_shape[2], out_shape[1]
-
-
-def read_embeddings(out_dir: Path) -> tuple[np.ndarray, list[str]]:
-    """Read what `extract_embeddings` wrote: (N × D float32, N manifest-relative names)."""
-    out_dir = Path(out_dir)
-    embeddings = np.load(out_dir / EMBEDDINGS_FILE, allow_pickle=False)
-    names = (out_dir / NAMES_FILE).read_text(encoding="utf-8").splitlines()
-    _check_rows(embeddings, names, out_dir / EMBEDDINGS_FILE, out_dir / NAMES_FILE)
-    return embeddings, names
-
-
-class _NamesUnpickler(pickle.Unpickler):
-    """A pickled list of str needs no global at all, so every global is refused unexecuted."""
-
-    def __init__(self, file: IO[bytes], path: Path) -> None:
-        super().__init__(file)
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise UnsafePickleError(
-            f"{self._path}: refused to load global '{module}.{name}'; an ADMIS image_names.pkl "
-            f"is a plain list of str and needs none, so this file is not one. Re-create it from "
-            f"trusted names with synface.embeddings.write_admis_embeddings"
-        )
-
-
-def read_admis_embeddings(embed_npy: Path, names_pkl: Path) -> tuple[np.ndarray, list[str]]:
-    """ADMIS's `elastic_embed.npy` (N × 512) and `image_names.pkl` (N relative paths), §10.1.
-
-    The names pickle comes with a third-party download and unpickling can run code, so it goes
-    through an unpickler that resolves no globals (DESIGN.md §6).
-    """
-    embed_npy, names_pkl = Path(embed_npy), Path(names_pkl)
-    try:
-        embeddings = np.load(embed_npy, allow_pickle=False)
-    except ValueError as error:
-        raise ValueError(
-            f"{embed_npy}: not a plain numpy array file ({error}); IDiff-Face's torch-pickled "
-            f"'.npy' files are a different format (generative.md §10.2)"
-        ) from error
-    with names_pkl.open("rb") as f:
-        try:
-            names = _NamesUnpickler(f, names_pkl).load()
-        except (EOFError, pickle.UnpicklingError, UnicodeDecodeError) as error:
-            raise ValueError(f"{names_pkl}: not a readable pickle ({error})") from error
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise ValueError(f"{names_pkl}: expected a pickled list of str (relative image paths)")
-    _check_rows(embeddings, names, embed_npy, names_pkl)
-    return embeddings.astype(np.float32, copy=False), names
-
-
-def write_embeddings(out_dir: Path, embeddings: np.ndarray, names: Sequence[str]) -> None:
-    """Write embeddings in `extract_embeddings`' layout (for embeddings made elsewhere)."""
-    out_dir = Path(out_dir)
-    _check_rows(embeddings, list(names), out_dir / EMBEDDINGS_FILE, out_dir / NAMES_FILE)
-    with atomic_path(out_dir / EMBEDDINGS_FILE) as tmp, tmp.open("wb") as f:
-        np.save(f, np.asarray(embeddings, dtype=np.float32))
-    with atomic_path(out_dir / NAMES_FILE) as tmp:
-        tmp.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-
-
-def write_admis_embeddings(
-    embeddings: np.ndarray, names: Sequence[str], embed_npy: Path, names_pkl: Path
-) -> None:
-    """Write the ADMIS pair (§10.1) so the reference's `CASIA_file` dataset reads our embeddings."""
-    embed_npy, names_pkl = Path(embed_npy), Path(names_pkl)
-    names = [str(name) for name in names]
-    _check_rows(embeddings, names, embed_npy, names_pkl)
-    with atomic_path(embed_npy) as tmp, tmp.open("wb") as f:
-        # A file object: given a path without ".npy", np.save would append one.
-        np.save(f, np.asarray(embeddings, dtype=np.float32))
-    with atomic_path(names_pkl) as tmp, tmp.open("wb") as f:
-        pickle.dump(names, f, protocol=ADMIS_PICKLE_PROTOCOL)
-
-
-def _check_rows(
-    embeddings: np.ndarray, names: Sequence[str], embed: Path, names_file: Path
-) -> None:
-    if embeddings.ndim != 2 or not np.issubdtype(embeddings.dtype, np.floating):
-        raise ValueError(
-            f"{embed}: expected a 2-D float array (N, D), got {embeddings.dtype} {embeddings.shape}"
-        )
-    if embeddings.shape[0] != len(names):
-        raise ValueError(
-            f"{embed} has {embeddings.shape[0]} rows but {names_file} lists {len(names)} names; "
-            f"they must be index-aligned: re-extract both together"
-        )

@@ -1,7 +1,8 @@
 """Pack a dataset manifest into TFace TFRecord shards plus their index files.
 
-Every image is decoded exactly once here, so a broken file is caught at packing time (and listed
-in ``rejected.tsv``) instead of crashing a multi-GPU training run hours later. Valid RGB JPEGs at
+Every image is checked and decoded exactly once here, by ``synface.io.images``, so a broken file
+is caught at packing time (and listed in ``rejected.tsv``, path as the manifest lists it) instead
+of crashing a multi-GPU training run hours later. Valid RGB JPEGs at
 the target size are stored byte for byte: re-encoding would cost time and add a second round of
 JPEG loss to every face.
 """
@@ -9,16 +10,16 @@ JPEG loss to every face.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import multiprocessing
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from synface.io.manifest import ManifestEntry, read_manifest
+from synface.io import atomic
+from synface.io.images import BadImageError, open_image, read_bytes, to_rgb
+from synface.io.manifest import ManifestEntry, read_manifest, relative_name
+from synface.io.rejected import no_usable_images, write_rejected
 from synface.io.tfrecord import IndexEntry, ShardWriter, write_training_index
 
 log = logging.getLogger(__name__)
@@ -51,26 +52,28 @@ class PreparedImage:
 
 
 def prepare_image(path: Path, image_size: int) -> PreparedImage:
-    """Decode ``path`` fully and return the JPEG bytes to store, or a rejection reason."""
+    """The JPEG bytes to store for ``path``, or a rejection reason (``synface.io.images``' checks).
+
+    The size comes from the header, so a wrongly sized image is refused before it is decoded.
+    """
+    where = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as error:
-        return PreparedImage(None, False, f"unreadable: {error.strerror or error}")
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()  # forces the full decode: truncated files raise here
+        raw = read_bytes(path)
+        with open_image(raw, where) as image:
             if image.size != (image_size, image_size):
                 width, height = image.size
                 return PreparedImage(
                     None, False, f"wrong size: {width}x{height}, expected {image_size}x{image_size}"
                 )
-            if image.format == "JPEG" and image.mode == "RGB":
+            stored_as_is = image.format == "JPEG" and image.mode == "RGB"
+            rgb = to_rgb(image, raw, where)  # the full decode: truncated files raise here
+            if stored_as_is:
                 return PreparedImage(raw, False, "")
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
+            rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
             return PreparedImage(buffer.getvalue(), True, "")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        return PreparedImage(None, False, f"undecodable: {error}")
+    except BadImageError as error:
+        return PreparedImage(None, False, error.reason)
 
 
 def _prepare(args: tuple[Path, int]) -> PreparedImage:
@@ -115,27 +118,21 @@ def pack_tfrecords(
     out_dir.mkdir(parents=True, exist_ok=True)
     dense_label: dict[int, int] = {}
     index: list[IndexEntry] = []
-    rejected: list[tuple[Path, str]] = []
+    rejected: list[tuple[str, str]] = []
     reencoded = 0
     with ShardWriter(out_dir, name, records_per_shard) as writer:
         prepared_images = _prepared_stream(entries, image_size, workers)
         for entry, prepared in zip(entries, prepared_images, strict=True):
             if prepared.jpeg is None:
-                rejected.append((entry.path, prepared.reason))
+                rejected.append((relative_name(entry.path, manifest), prepared.reason))
                 continue
             location = writer.write(prepared.jpeg, str(entry.path))
             label = dense_label.setdefault(entry.label, len(dense_label))
             index.append(IndexEntry(name, location.shard, location.offset, label))
             reencoded += prepared.reencoded
-    with (out_dir / "rejected.tsv").open("w", encoding="utf-8") as out:
-        out.write("path\treason\n")
-        for path, reason in rejected:
-            out.write(f"{path}\t{reason}\n")
+    write_rejected(out_dir, rejected)
     if not index:
-        raise ValueError(
-            f"{manifest}: none of its {len(entries)} images is a valid {image_size}x{image_size} "
-            f"image; reasons are listed in {out_dir / 'rejected.tsv'}"
-        )
+        raise no_usable_images(manifest, rejected, out_dir)
     write_training_index(out_dir / f"{name}.txt", index)
     summary = PackSummary(
         name=name,
@@ -145,7 +142,7 @@ def pack_tfrecords(
         reencoded=reencoded,
         shards=index[-1].shard + 1,
     )
-    (out_dir / "pack.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    atomic.write_json(out_dir / "pack.json", asdict(summary))
     for path, reason in rejected:
         log.warning("rejected %s: %s", path, reason)
     log.info("packed %s", summary)

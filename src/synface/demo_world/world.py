@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +36,7 @@ from synface.demo_world.render import (
     sample_identity,
     sample_nuisance,
 )
+from synface.io import atomic
 from synface.io.binpack import write_bin
 from synface.settings import from_settings, schema_defaults
 
@@ -328,12 +328,6 @@ def render_benchmark(
         return _render_benchmark(cfg, name, pool_map)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _write_train(cfg: DemoWorldConfig, out_dir: Path, pool_map: Callable[..., list[Any]]) -> int:
     """Write train/images/<id>/<n>.jpg and the manifest; returns the image count."""
     train_dir = out_dir / "train"
@@ -349,7 +343,7 @@ def _write_train(cfg: DemoWorldConfig, out_dir: Path, pool_map: Callable[..., li
             relative = folder / f"{n:0{image_width}d}.jpg"
             (train_dir / relative).write_bytes(data)
             lines.append(f"{relative.as_posix()}\t{label}\n")
-    _write_atomic(train_dir / "manifest.tsv", "".join(lines).encode())
+    atomic.write_text(train_dir / "manifest.tsv", "".join(lines))
     return len(lines)
 
 
@@ -364,7 +358,7 @@ def _write_heldout(cfg: DemoWorldConfig, out_dir: Path, pool_map: Callable[..., 
         (folder / relative).write_bytes(data)
         lines.append(f"{relative.as_posix()}\t{label}\n")
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / "manifest.tsv", "".join(lines).encode())
+    atomic.write_text(folder / "manifest.tsv", "".join(lines))
     return len(lines)
 
 
@@ -404,7 +398,5 @@ def build_demo_world(cfg: DemoWorldConfig, out_dir: Path, workers: int = 1) -> d
         },
         "varying_identity_factors": list(IDENTITY_FACTORS[: cfg.num_identity_factors]),
     }
-    _write_atomic(
-        out_dir / "world.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()
-    )
+    atomic.write_text(out_dir / "world.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

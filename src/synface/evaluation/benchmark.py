@@ -7,7 +7,6 @@ the squared distance.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +17,10 @@ from torchvision.transforms.v2 import functional as tvf
 
 from synface import runtime
 from synface.evaluation.verification import kfold_accuracy
+from synface.io.atomic import write_json
 from synface.io.binpack import read_bin
-from synface.io.images import normalize
+from synface.io.images import BadImageError, decode_rgb, normalize
 from synface.models.spec import load_backbone
-from synface.recognition.data import decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +36,43 @@ class BenchmarkResult:
     pairs: int
 
 
+def decode_pack_images(
+    jpegs: list[bytes], first: int, image_size: int, source: str
+) -> torch.Tensor:
+    """Images ``first``, ``first + 1``, ... of a pack as a uint8 batch at the model's size.
+
+    A bad image stops the evaluation, naming the pack and the index: a benchmark whose pairs
+    silently changed would report a number nobody can compare.
+    """
+    images = []
+    for i, jpeg in enumerate(jpegs, start=first):
+        try:
+            image = decode_rgb(jpeg, f"{source}: image {i}")
+        except BadImageError as error:
+            raise BadImageError(
+                error.where, f"{error.reason}; a benchmark pack must be intact: replace {source}"
+            ) from error
+        if image.shape[-2:] != (image_size, image_size):
+            # insightface resizes packs whose size differs from the model's (evaluation.md §1).
+            image = tvf.resize(image, [image_size, image_size], antialias=True)
+        images.append(image)
+    return torch.stack(images)
+
+
 @torch.inference_mode()
 def embed_with_flip(
-    model: nn.Module, jpegs: list[bytes], image_size: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    jpegs: list[bytes],
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    source: str = "the pack",
 ) -> tuple[torch.Tensor, float]:
     """L2-normalised (embedding(x) + embedding(flip x)) for every image, and the XNorm."""
     embeddings, norms = [], []
     for start in range(0, len(jpegs), batch_size):
-        images = torch.stack(decode_batch(jpegs[start : start + batch_size]))
-        if images.shape[-1] != image_size or images.shape[-2] != image_size:
-            # insightface resizes packs whose size differs from the model's (evaluation.md §1).
-            images = tvf.resize(images, [image_size, image_size], antialias=True)
-        images = normalize(images).to(device)
+        batch = jpegs[start : start + batch_size]
+        images = normalize(decode_pack_images(batch, start, image_size, source)).to(device)
         with runtime.autocast(device):
             raw = model(images).float()
             mirrored = model(tvf.horizontal_flip(images)).float()
@@ -61,7 +85,7 @@ def evaluate_pack(
     model: nn.Module, pack: Path, image_size: int, batch_size: int, device: torch.device
 ) -> BenchmarkResult:
     images, issame = read_bin(pack)
-    embeddings, xnorm = embed_with_flip(model, images, image_size, batch_size, device)
+    embeddings, xnorm = embed_with_flip(model, images, image_size, batch_size, device, str(pack))
     emb = embeddings.double().numpy()
     accuracy, std, threshold = kfold_accuracy(emb[0::2], emb[1::2], issame, nfolds=10)
     return BenchmarkResult(accuracy, std, threshold, xnorm, len(issame))
@@ -87,8 +111,6 @@ def evaluate_backbone(
             results[name].xnorm,
             results[name].pairs,
         )
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
     payload = {"weights": str(weights), "benchmarks": {k: asdict(v) for k, v in results.items()}}
-    out_json.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(out_json, payload)
     return results

@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+from synface.io import atomic
+
 # Benchmark pack names and the column titles the paper uses, in the paper's order.
 COLUMNS = {
     "lfw": "LFW",
@@ -46,11 +48,10 @@ def write_results_table(
 ) -> list[dict[str, float | str]]:
     """Write the table as Markdown, CSV and JSON; returns its rows."""
     rows = table_rows(evaluations)
-    Path(markdown).parent.mkdir(parents=True, exist_ok=True)
-    Path(markdown).write_text(to_markdown(rows))
-    with Path(csv_path).open("w", newline="", encoding="utf-8") as out:
+    atomic.write_text(markdown, to_markdown(rows))
+    with atomic.atomic_path(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    Path(json_path).write_text(json.dumps(rows, indent=2) + "\n")
+    atomic.write_json(json_path, rows)
     return rows

@@ -1,20 +1,21 @@
 """insightface verification packs (`lfw.bin`, `cfp_fp.bin`, ...), read safely and written portably.
 
 A pack is a pickle of `(images, issame)` (specs/evaluation.md §1). Packs are downloaded from
-third-party mirrors, and unpickling can run arbitrary code, so reading goes through an unpickler
-that resolves only the numpy globals needed to rebuild uint8 arrays.
+third-party mirrors, and unpickling can run arbitrary code, so reading goes through
+`synface.io.pickles.load_restricted`, resolving only the numpy globals that rebuild uint8 arrays.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+from numpy._core.multiarray import _reconstruct
+
+from synface.io.atomic import atomic_path
+from synface.io.pickles import load_restricted
 
 # Protocol 4 is readable by every Python 3 loader TFace, insightface and ElasticFace use (§1).
 WRITE_PROTOCOL = 4
@@ -24,60 +25,27 @@ class BinPackError(ValueError):
     """A file is not a well-formed verification pack."""
 
 
-class UnsafePickleError(BinPackError):
-    """A pack's pickle names a global outside the allow-list; it was refused, not executed."""
-
-
-def _numpy_reconstruct() -> Callable[..., np.ndarray]:
-    # NumPy 2 renamed numpy.core to numpy._core and warns on the old path; NumPy 1.26 ships a
-    # numpy._core alias, older releases only have numpy.core.
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
-
-
-_RECONSTRUCT = _numpy_reconstruct()
-
 # The only globals an ndarray pickle needs (§1: CFP-FP/AgeDB-30 packs store cv2.imencode output).
-# Both numpy.core and numpy._core spellings occur, depending on the NumPy that wrote the pack.
+# Packs name numpy.core or numpy._core, depending on the NumPy that wrote them; NumPy >= 1.26
+# (the pinned minimum) has numpy._core.
 _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose global lookup is an allow-list; everything else is refused unexecuted."""
-
-    def __init__(self, file: BinaryIO, path: Path):
-        # encoding="bytes": Python-2 packs store JPEGs as py2 `str`; latin1 would turn them into
-        # Python 3 text that np.frombuffer rejects (§1, "Python-2 pickle quirk").
-        super().__init__(file, encoding="bytes")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> object:
-        allowed = _ALLOWED_GLOBALS.get((module, name))
-        if allowed is None:
-            raise UnsafePickleError(
-                f"{self._path}: refused to load global '{module}.{name}'; a verification pack "
-                f"only needs numpy array reconstruction, so this file is not a plain pack. "
-                f"Re-create it from trusted images with synface.io.binpack.write_bin"
-            )
-        return allowed
+_REFUSAL = (
+    "a verification pack only needs numpy array reconstruction, so this file is not a plain "
+    "pack. Re-create it from trusted images with synface.io.binpack.write_bin"
+)
 
 
 def read_bin(path: Path | str) -> tuple[list[bytes], list[bool]]:
     """Load a pack as (JPEG bytes per image, one bool per pair); pair i is images 2i and 2i+1."""
     path = Path(path)
-    with path.open("rb") as f:
-        try:
-            content = _RestrictedUnpickler(f, path).load()
-        except (EOFError, pickle.UnpicklingError, UnicodeDecodeError) as exc:
-            raise BinPackError(f"{path}: not a readable pickle ({exc})") from exc
+    # encoding="bytes": Python-2 packs store JPEGs as py2 `str`; latin1 would turn them into
+    # Python 3 text that np.frombuffer rejects (§1, "Python-2 pickle quirk").
+    content = load_restricted(path, _ALLOWED_GLOBALS, _REFUSAL, "bytes", BinPackError)
     if not isinstance(content, tuple | list) or len(content) != 2:
         raise BinPackError(
             f"{path}: expected a pickled 2-tuple (images, issame), got {_describe(content)}"
@@ -144,12 +112,5 @@ def write_bin(path: Path | str, images: Sequence[bytes], issame: Sequence[bool])
             raise TypeError(f"{path}: image {i} is {_describe(image)}, expected JPEG bytes")
         image_list.append(bytes(image))
     flags = [bool(flag) for flag in issame]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((image_list, flags), f, protocol=WRITE_PROTOCOL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        pickle.dump((image_list, flags), f, protocol=WRITE_PROTOCOL)

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from synface.io import atomic
+
 
 @dataclass(frozen=True)
 class ManifestEntry:
@@ -52,20 +54,31 @@ def read_manifest(manifest: Path) -> list[ManifestEntry]:
     return entries
 
 
+def relative_name(path: Path, manifest: Path) -> str:
+    """``path`` as a manifest line names it: relative to the manifest's folder, with ``/``."""
+    return Path(os.path.relpath(path, Path(manifest).parent)).as_posix()
+
+
 def write_manifest(manifest: Path, entries: Iterable[ManifestEntry]) -> int:
-    """Write entries with paths relative to the manifest's folder; atomic; returns the count."""
+    """Write entries with paths relative to the manifest's folder; atomic; returns the count.
+
+    Raises:
+        ValueError: naming the file when its path holds a tab or a line break, which would
+            split the line into columns or lines no reader could parse back.
+    """
     manifest = Path(manifest)
-    manifest.parent.mkdir(parents=True, exist_ok=True)
     root = manifest.parent.resolve()
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    count = 0
-    with tmp.open("w", encoding="utf-8") as out:
-        for entry in entries:
-            path = Path(os.path.relpath(Path(entry.path).resolve(), root))
-            out.write(f"{path.as_posix()}\t{entry.label}\n")
-            count += 1
-    os.replace(tmp, manifest)
-    return count
+    lines = []
+    for entry in entries:
+        path = Path(os.path.relpath(Path(entry.path).resolve(), root)).as_posix()
+        if any(ch in path for ch in "\t\r\n"):
+            raise ValueError(
+                f"{entry.path!r}: a tab or line break in a file name cannot be written to the "
+                f"manifest {manifest} (tab-separated, one image per line): rename the file"
+            )
+        lines.append(f"{path}\t{entry.label}\n")
+    atomic.write_text(manifest, "".join(lines))
+    return len(lines)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

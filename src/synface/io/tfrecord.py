@@ -8,16 +8,17 @@ instead of as a garbled JPEG deep inside a DataLoader worker.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import crc32c
+
+from synface.io.atomic import atomic_path
 
 # --- Record framing (recognition.md §1.4) -------------------------------------------------------
 # uint64 little-endian payload length.
@@ -222,7 +223,10 @@ class ShardWriter:
         self.directory = Path(out_dir) / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.index_path = self.directory / f"{name}.index"
-        self._index = self.index_path.open("w", encoding="utf-8", newline="\n")
+        # Every file goes through synface.io.atomic: in place (fsynced) when the writer closes
+        # cleanly, removed when it is left by an exception.
+        self._files = contextlib.ExitStack()
+        self._index = self._open(self.index_path, "w")
         self._shard_file: BinaryIO | None = None
         self._shard = -1
         self._offset = 0
@@ -237,7 +241,17 @@ class ShardWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+            return
+        self._close_files()
+        self._files.__exit__(exc_type, exc, tb)
+
+    def _open(self, path: Path, mode: str) -> Any:
+        tmp = self._files.enter_context(atomic_path(path))
+        if "b" in mode:
+            return self._files.enter_context(tmp.open(mode))
+        return self._files.enter_context(tmp.open(mode, encoding="utf-8", newline="\n"))
 
     def write(self, jpeg: bytes, img_path: str) -> RecordLocation:
         """Append one image record and its index line; returns where the record starts."""
@@ -252,6 +266,11 @@ class ShardWriter:
         return location
 
     def close(self) -> None:
+        """Put every shard and the index in place."""
+        self._close_files()
+        self._files.close()
+
+    def _close_files(self) -> None:
         if self._shard_file is not None:
             self._shard_file.close()
             self._shard_file = None
@@ -266,7 +285,9 @@ class ShardWriter:
         self._shard += 1
         self._offset = 0
         self._in_shard = 0
-        self._shard_file = shard_path(self.directory.parent, self.name, self._shard).open("wb")
+        self._shard_file = self._open(
+            shard_path(self.directory.parent, self.name, self._shard), "wb"
+        )
         return self._shard_file
 
 
@@ -420,17 +441,9 @@ def _parse_index_line(line: str, path: Path, lineno: int) -> IndexEntry:
 
 def write_training_index(path: Path, entries: Iterable[IndexEntry]) -> None:
     """Write a 4-column training index atomically, so a crash never leaves a half-written index."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for e in entries:
-                f.write(f"{e.tfr_name}\t{e.shard}\t{e.offset}\t{e.label}\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as f:
+        for e in entries:
+            f.write(f"{e.tfr_name}\t{e.shard}\t{e.offset}\t{e.label}\n")
 
 
 def iter_index_records(index_path: Path, data_root: Path) -> Iterator[tuple[bytes, int]]:

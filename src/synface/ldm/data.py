@@ -7,15 +7,17 @@ continues exactly as if it had never stopped, without saving loader or RNG state
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from synface.io.images import ImageLoader
-from synface.io.manifest import read_manifest
+from synface.io.images import DatasetImages
+from synface.io.manifest import read_manifest, relative_name
+
+# Images decoded per batch while filling an ImageBank.
+BANK_LOAD_BATCH = 256
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -35,12 +37,17 @@ class ImageBank:
     images: torch.Tensor
 
     @classmethod
-    def from_manifest(cls, manifest: Path, size: int, threads: int = 1) -> ImageBank:
-        paths = [entry.path for entry in read_manifest(manifest)]
-        load = ImageLoader(size)
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            images = list(pool.map(lambda p: load(p).half(), paths))
-        return cls(torch.stack(images))
+    def from_manifest(
+        cls, manifest: Path, size: int, threads: int, rejected_dir: Path
+    ) -> ImageBank:
+        """The manifest's usable images; those skipped are listed in ``rejected_dir``'s
+        ``rejected.tsv`` (``synface.io.images``' rule for dataset stages)."""
+        entries = read_manifest(manifest)
+        names = [relative_name(entry.path, manifest) for entry in entries]
+        images = DatasetImages([entry.path for entry in entries], names, size, threads)
+        batches = [batch.half() for _, batch in images.batches(BANK_LOAD_BATCH)]
+        images.finish(rejected_dir, manifest)
+        return cls(torch.cat(batches))
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -154,7 +154,7 @@ def train_autoencoder(
     faces and settings (else it is set aside); write the two released-format files."""
     runtime.set_threads(threads)
     device = runtime.pick_device()
-    bank = ImageBank.from_manifest(manifest, cfg.image_size, threads)
+    bank = ImageBank.from_manifest(manifest, cfg.image_size, threads, Path(out_dir))
     torch.manual_seed(cfg.seed)
     encoder = VQEncoder(cfg.spec.ddconfig, cfg.spec.embed_dim, cfg.spec.n_embed).to(device)
     decoder = VQDecoder(cfg.spec.ddconfig, cfg.spec.embed_dim, cfg.spec.n_embed).to(device)

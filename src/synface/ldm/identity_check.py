@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
 
-from synface.embeddings import read_embeddings
 from synface.io.atomic import atomic_path, write_json
+from synface.io.embeddings import read_embeddings
 from synface.ldm.faces import FaceEmbedder, FaceGenerator
 from synface.settings import from_settings
 

@@ -9,9 +9,7 @@ As in the reference, the mirror keeps the context of the original image (§5).
 
 from __future__ import annotations
 
-import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +17,10 @@ import numpy as np
 import torch
 
 from synface import runtime
-from synface.embeddings import read_embeddings
-from synface.io.images import ImageLoader
-from synface.io.manifest import read_manifest
+from synface.io.atomic import atomic_path, write_json
+from synface.io.embeddings import aligned_entries, read_embeddings
+from synface.io.images import DatasetImages
+from synface.io.npy import write_rows
 from synface.ldm.first_stage import FirstStage
 
 log = logging.getLogger(__name__)
@@ -64,14 +63,6 @@ class LatentCache:
         return latents, contexts
 
 
-def _check_alignment(manifest: Path, names: list[str], count: int) -> None:
-    if len(names) != count:
-        raise ValueError(
-            f"the embeddings cover {len(names)} images but {manifest} lists {count}: rerun "
-            "extract_embeddings on this manifest"
-        )
-
-
 @torch.inference_mode()
 def encode_latents(
     manifest: Path,
@@ -82,38 +73,36 @@ def encode_latents(
     batch_size: int = 64,
     threads: int = 1,
 ) -> dict[str, object]:
-    """Write ``latents.npy``, ``contexts.npy`` and ``latents.json`` into ``out_dir``, encoding
-    with the first stage in ``first_stage_dir`` (weights and ``first_stage.json``)."""
+    """Write ``latents.npy``, ``contexts.npy``, ``latents.json`` and ``rejected.tsv``, encoding
+    with the first stage in ``first_stage_dir`` (weights and ``first_stage.json``).
+
+    The images are those the embeddings cover (``synface.io.embeddings.aligned_entries``); one
+    that can no longer be read is skipped with its context and listed in ``rejected.tsv``.
+    """
     runtime.set_threads(threads)
     device = runtime.pick_device()
-    entries = read_manifest(manifest)
     embeddings, names = read_embeddings(embeddings_dir)
-    _check_alignment(manifest, names, len(entries))
+    entries = aligned_entries(embeddings_dir, names, manifest)
     first_stage = FirstStage.load(first_stage_dir)
     spec = first_stage.spec
     encoder = first_stage.encoder.to(device)
     latent_side = image_size // spec.downsampling
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     shape = (len(entries), 2, spec.embed_dim, latent_side, latent_side)
-    tmp = out_dir / f".{LATENTS_FILE}.tmp"
-    latents = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-    load = ImageLoader(image_size)
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for start in range(0, len(entries), batch_size):
-            paths = [entry.path for entry in entries[start : start + batch_size]]
-            images = torch.stack(list(pool.map(load, paths))).to(device)
-            both = torch.cat([images, images.flip(-1)])
+    images = DatasetImages([entry.path for entry in entries], names, image_size, threads)
+    kept: list[int] = []
+    with write_rows(out_dir / LATENTS_FILE, shape, np.float16) as latents:
+        for indices, batch in images.batches(batch_size):
+            both = torch.cat([batch, batch.flip(-1)]).to(device)
             with runtime.autocast(device):
                 encoded = encoder(both).float().cpu()
-            n = len(paths)
-            latents[start : start + n, 0] = encoded[:n].numpy()
-            latents[start : start + n, 1] = encoded[n:].numpy()
-    latents.flush()
-    del latents
-    tmp.replace(out_dir / LATENTS_FILE)
-    np.save(out_dir / CONTEXTS_FILE, embeddings.astype(np.float32))
-    info = {"images": len(entries), "latent_shape": list(shape[2:]), "image_size": image_size}
-    (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    log.info("encoded %d images (and mirrors) to latents %s", len(entries), shape[2:])
+            n = len(indices)
+            latents.append(torch.stack([encoded[:n], encoded[n:]], dim=1).numpy())
+            kept += indices
+        images.finish(out_dir, manifest)
+    with atomic_path(out_dir / CONTEXTS_FILE) as tmp, tmp.open("wb") as f:
+        np.save(f, embeddings[kept].astype(np.float32))
+    info = {"images": len(kept), "latent_shape": list(shape[2:]), "image_size": image_size}
+    write_json(out_dir / INFO_FILE, info)
+    log.info("encoded %d images (and mirrors) to latents %s", len(kept), shape[2:])
     return info

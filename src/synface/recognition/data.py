@@ -1,6 +1,7 @@
 """Training data for recognition: records read by index offset, decoded and augmented in batches.
 
-Decoder choice: ``torchvision.io.decode_jpeg`` on a whole batch. It is libjpeg-turbo like Pillow,
+Decoder choice (``synface.io.images.decode_batch``): ``torchvision.io.decode_jpeg`` on a whole
+batch. It is libjpeg-turbo like Pillow,
 but returns uint8 CHW tensors directly (no PIL image, no numpy round trip, no per-image
 ``ToTensor``), takes the list of a batch in one call, and on a GPU the same call decodes with
 nvJPEG. Augmentation then works on uint8 tensors and normalisation is one fused op per batch.
@@ -9,17 +10,16 @@ nvJPEG. Augmentation then works on uint8 tensors and normalisation is one fused 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset, Sampler
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as tvf
 
-from synface.io.images import normalize
+from synface.io.images import decode_batch, normalize
 from synface.io.tfrecord import IndexEntry, RecordReader, read_training_index, shard_path
 from synface.ldm.data import step_seed
 
@@ -65,12 +65,6 @@ class AugmentConfig:
     crop_p: float
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
-
-
-def decode_batch(jpegs: Sequence[bytes]) -> list[torch.Tensor]:
-    """Decode JPEGs to RGB uint8 CHW tensors in one call."""
-    data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
-    return decode_jpeg(data, mode=ImageReadMode.RGB)
 
 
 class DecodeAugmentCollate:
