@@ -250,6 +250,11 @@ def _threads(sub: argparse.ArgumentParser, help: str = "CPU threads") -> None:
     sub.add_argument("--threads", type=int, default=1, help=help)
 
 
+def _settings_option(sub: argparse.ArgumentParser, help: str) -> None:
+    """The stage's settings as one JSON object, inline or ``@file.json`` (see ``_settings``)."""
+    sub.add_argument("--settings", type=_settings, required=True, help=f"{help} (JSON or @file)")
+
+
 def _first_stage(sub: argparse.ArgumentParser, required: bool = True, help: str = "") -> None:
     sub.add_argument(
         "--first-stage",
@@ -261,12 +266,7 @@ def _first_stage(sub: argparse.ArgumentParser, required: bool = True, help: str 
 
 def add_demo_world(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out", type=Path, required=True, help="output folder")
-    sub.add_argument(
-        "--settings",
-        type=_settings,
-        required=True,
-        help="the demo_world config plus image_size (JSON), e.g. '{\"image_size\": 32}'",
-    )
+    _settings_option(sub, "the demo_world config plus image_size, e.g. '{\"image_size\": 32}'")
     _threads(sub)
 
 
@@ -291,7 +291,7 @@ def add_train_recognition(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--data-root", type=Path, required=True, help="folder of the TFR-* dirs")
     sub.add_argument("--out", type=Path, required=True, help="final backbone state dict")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
-    sub.add_argument("--settings", type=_settings, required=True, help="recognition config")
+    _settings_option(sub, "recognition config")
     _threads(sub)
 
 
@@ -323,7 +323,7 @@ def add_train_autoencoder(sub: argparse.ArgumentParser) -> None:
         "--out-dir", type=Path, required=True, help="first_stage_*_state_dict.pt + .json"
     )
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
-    sub.add_argument("--settings", type=_settings, required=True, help="first-stage config")
+    _settings_option(sub, "first-stage config")
     _threads(sub)
 
 
@@ -341,7 +341,7 @@ def add_train_ldm(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--latents", type=Path, required=True, help="encode-latents output")
     sub.add_argument("--out", type=Path, required=True, help="ADMIS-format EMA checkpoint")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints and previews")
-    sub.add_argument("--settings", type=_settings, required=True, help="ldm training config")
+    _settings_option(sub, "ldm training config")
     _first_stage(sub, required=False, help="VQ-f4 folder, for preview grids")
     _threads(sub)
 
@@ -352,7 +352,7 @@ def add_check_identity(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--embedding-weights", type=Path, required=True, help="backbone (+ .json)")
     sub.add_argument("--contexts", type=Path, required=True, help="embeddings of held-out faces")
     sub.add_argument("--out", type=Path, required=True, help="JSON (a PNG grid goes beside it)")
-    sub.add_argument("--settings", type=_settings, default={}, help="contexts, samples, steps")
+    _settings_option(sub, "num_contexts, samples_per_context, steps, batch_size")
     _threads(sub)
 
 
@@ -361,7 +361,7 @@ def add_pack_demo_weights(sub: argparse.ArgumentParser) -> None:
     _first_stage(sub)
     sub.add_argument("--ldm", type=Path, required=True)
     sub.add_argument("--identity-check", type=Path, required=True)
-    sub.add_argument("--settings", type=_settings, required=True, help="the config they fit")
+    _settings_option(sub, "the config they fit")
     sub.add_argument("--commands", type=Path, help="JSON list of the commands that made them")
     sub.add_argument("--benchmarks", type=Path, required=True, help="Snakemake benchmark tsvs")
     sub.add_argument("--made-on", default="", help="the machine, in words")
@@ -387,12 +387,7 @@ def add_synthesize(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out-dir", type=Path, required=True, help="<identity>/<k>.png go here")
     sub.add_argument("--done-marker", type=Path, required=True, help="shard summary, written last")
     sub.add_argument("--face-size", type=int, required=True, help="saved face size in pixels")
-    sub.add_argument(
-        "--settings",
-        type=_settings,
-        required=True,
-        help="seed, sampler, steps, guidance_scale, eta, batch_size (JSON)",
-    )
+    _settings_option(sub, "seed, sampler, steps, guidance_scale, eta, batch_size")
     _threads(sub)
 
 
@@ -422,7 +417,7 @@ def add_select_contexts(sub: argparse.ArgumentParser) -> None:
     _first_stage(sub)
     sub.add_argument("--embedding-weights", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True)
-    sub.add_argument("--settings", type=_settings, required=True, help="selection config")
+    _settings_option(sub, "selection config")
     _threads(sub)
 
 
