@@ -8,15 +8,13 @@ smallest the format allows) and the weights random.
 `write_paper_inputs(root, config)` writes them for a config (frcsyn.yaml merged with a small diff)
 under the workdir `root`:
 
-| input | format written |
-| --- | --- |
-| `datasets.real.path` | `<identity>/<n>.jpg`, 112 px JPEGs, CASIA-WebFace's 7-digit folders |
-| `benchmarks.path` | `lfw.bin` ... `calfw.bin`: a Python-2 protocol-2 pickle of (JPEG `str`s, bools) |
-| `embedding.weights` | ElasticFace: `torch.save(iresnet.state_dict())` + the `.json` spec beside it |
-| `first_stage.path` | CompVis VQ-f4 split as IDiff-Face ships it: the two `*_state_dict.pt` files, plus |
-|  | `first_stage.json` (`ddconfig`, `embed_dim`, `n_embed`) |
-| `ldm.checkpoint` | ADMIS `ema_averaged_model_*.ckpt` (schedule buffers + `eps_model.*`) + its `.json` |
-| `contexts.model_dir` | a diffusers unconditional DDPM folder: `DDPMPipeline.save_pretrained` |
+- `datasets.real.path`: `<identity>/<n>.jpg`, 112 px JPEGs in CASIA-WebFace's 7-digit folders;
+- `benchmarks.path`: `lfw.bin` ... `calfw.bin`, a py2 protocol-2 pickle of (JPEG `str`s, bools);
+- `embedding.weights`: ElasticFace's bare iresnet state dict (`torch.save`) + the `.json` spec;
+- `first_stage.path`: CompVis VQ-f4 split as IDiff-Face ships it, the two `*_state_dict.pt` files,
+  plus `first_stage.json` (`ddconfig`, `embed_dim`, `n_embed`);
+- `ldm.checkpoint`: ADMIS `ema_averaged_model_*.ckpt` (schedule buffers + `eps_model.*`) + `.json`;
+- `contexts.model_dir`: a diffusers DDPM folder (`UNet2DModel.save_pretrained` + scheduler config).
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ def write_paper_inputs(
     config: Mapping[str, Any],
     identities: int = 6,
     images_per_identity: int = 4,
-    pairs_per_fold: int = 4,
+    pairs_per_fold: int = 2,
 ) -> dict[str, Path]:
     """Write every real input `config` names, under the workdir `root`; returns them by role."""
     root = Path(root)
@@ -178,9 +176,10 @@ def write_admis_ckpt(path: Path, unet_args: Mapping[str, Any], image_size: int) 
 
 
 def write_diffusers_ddpm(folder: Path) -> None:
-    """An unconditional DDPM pipeline folder (`unet/`, `scheduler/`, `model_index.json`), as
-    `DDPMPipeline.save_pretrained` writes the hub's FFHQ/CelebA-HQ DDPMs; tiny: 32 px, 2 levels."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    """An unconditional DDPM folder as the hub's google/ddpm-* repositories hold it today: the
+    UNet's `save_pretrained` files, `scheduler_config.json` and `model_index.json`, all at the top
+    (no `unet/`, `scheduler/` subfolders); tiny: 32 px, two levels."""
+    from diffusers import DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -192,6 +191,11 @@ def write_diffusers_ddpm(folder: Path) -> None:
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
     )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(
-        folder
-    )
+    unet.save_pretrained(folder)
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder)
+    index = {
+        "_class_name": "DDPMPipeline",
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
