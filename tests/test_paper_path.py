@@ -114,10 +114,21 @@ def test_the_paper_path_runs_every_rule_on_released_format_inputs(paper_run: Pat
     # The user's files, not demo or trained stand-ins, fed the generative half.
     onnx_info = json.loads((paper_run / "results/embedding/model.onnx.json").read_text())
     assert onnx_info["weights"] == "resources/elasticface/295672backbone.pth"
+    config = paper_config()
     candidates = (paper_run / "results/contexts/candidates/manifest.tsv").read_text().splitlines()
-    assert len(candidates) == paper_config()["contexts"]["candidates"]
+    assert len(candidates) == config["contexts"]["candidates"]
     selected = (paper_run / "results/contexts/selected/selected.tsv").read_text().splitlines()
-    assert len(selected) >= 5
+    assert len(selected) == 1 + config["datasets"]["syn_30k"]["identities"]  # header + contexts
+    # Each ADMIS identity: its synthetic images plus `oversample` copies of its context face.
+    syn_30k = config["datasets"]["syn_30k"]
+    labels = [
+        line.split("\t")[1]
+        for line in (paper_run / "results/datasets/syn_30k/manifest.tsv").read_text().splitlines()
+    ]
+    assert len(set(labels)) == syn_30k["identities"]
+    assert len(labels) == syn_30k["identities"] * (
+        syn_30k["images_per_identity"] + syn_30k["oversample"]
+    )
 
 
 @pytest.mark.slow
