@@ -126,9 +126,8 @@ def test_the_paper_path_runs_every_rule_on_released_format_inputs(paper_run: Pat
         for line in (paper_run / "results/datasets/syn_30k/manifest.tsv").read_text().splitlines()
     ]
     assert len(set(labels)) == syn_30k["identities"]
-    assert len(labels) == syn_30k["identities"] * (
-        syn_30k["images_per_identity"] + syn_30k["oversample"]
-    )
+    per_identity = syn_30k["images_per_identity"] + syn_30k["oversample"]
+    assert len(labels) == syn_30k["identities"] * per_identity, f"{len(labels)} manifest rows"
 
 
 @pytest.mark.slow
