@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the whole pipeline on the demo world.
 # make test: set up .venv and run the test suite (what CI runs).
+# make test-slow: only the end-to-end tests marked slow (the full demo; about 15 minutes).
 # make test-slurm: only the SLURM profile test, against a local cluster (root, Debian).
 PYTHON ?= python3.11
 VENV := .venv
@@ -10,7 +11,7 @@ CORES ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SNAKEMAKE := snakemake --cores $(CORES) --workflow-profile none
 
-.PHONY: setup demo demo-weights test test-slurm lint format clean-results
+.PHONY: setup demo demo-weights test test-slow test-slurm lint format clean-results
 
 setup: $(STAMP)
 
@@ -33,6 +34,9 @@ demo-weights: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 # Starts a single-node SLURM cluster with fake GPUs (tests/cluster/start.sh) for about 3 minutes.
 test-slurm: $(STAMP)

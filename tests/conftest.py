@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny face-like datasets written on the fly, one torch thread per test."""
+"""Shared test helpers: tiny face-like datasets written on the fly, one torch thread per test,
+and the one micro workflow run that every test inspecting a micro run reads."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from workflow_runner import snakemake
 
 torch.set_num_threads(1)
 
@@ -37,3 +39,18 @@ def write_toy_dataset(
 @pytest.fixture
 def toy_manifest(tmp_path: Path) -> Path:
     return write_toy_dataset(tmp_path / "toy")
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workdir where `snakemake all demo_weights/PROVENANCE.json` ran to completion with
+    config/config.yaml + tests/config/micro.yaml: every rule, once per session.
+
+    Read it; a test that changes the config copies it first
+    (`shutil.copytree(micro_run, tmp_path / "w", symlinks=True)`).
+    """
+    workdir = tmp_path_factory.mktemp("micro_run")
+    result = snakemake(workdir, "all", "demo_weights/PROVENANCE.json", timeout=2400)
+    if result.returncode != 0:
+        pytest.fail(f"the micro workflow run failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return workdir

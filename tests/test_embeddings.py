@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 from pathlib import Path
@@ -22,7 +23,7 @@ from synface.demo_world.render import (
     sample_identity,
     sample_nuisance,
 )
-from synface.embeddings import OnnxParityError, Parity, extract_embeddings
+from synface.embeddings import OnnxParityError, extract_embeddings
 from synface.io.embeddings import read_admis_embeddings, read_embeddings, write_admis_embeddings
 from synface.io.pickles import UnsafePickleError
 from synface.models import build_model
@@ -180,11 +181,23 @@ def test_with_no_usable_image_extraction_stops_naming_it(onnx_model, tmp_path):
     assert "images/000/0.png" in (tmp_path / "emb" / "rejected.tsv").read_text()
 
 
-def test_a_parity_failure_leaves_no_model(backbone, tmp_path, monkeypatch):
+def test_a_divergent_export_fails_the_parity_check_and_leaves_no_model(
+    backbone, tmp_path, monkeypatch
+):
+    """The real exporter and parity check, with the exported graph made from weights that differ
+    from the checkpoint's by 5 % noise on one layer (a wrong state-dict key, a lossy cast)."""
     weights, _ = backbone
-    bad = Parity((1, 4), max_abs_diff=3e-2, min_cosine=0.99, raw_max_abs_diff=1.0, raw_max_abs=9.0)
-    monkeypatch.setattr(embeddings, "_export", lambda model, size, path: path.write_bytes(b"x"))
-    monkeypatch.setattr(embeddings, "_check_parity", lambda *args: bad)
+    real_export = embeddings._export
+
+    def export_perturbed(loaded: torch.nn.Module, size: int, path: Path) -> None:
+        diverged = copy.deepcopy(loaded)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            conv = diverged.layer1[0].conv1.weight
+            conv += 0.05 * conv.std() * torch.randn(conv.shape, generator=generator)
+        real_export(diverged, size, path)
+
+    monkeypatch.setattr(embeddings, "_export", export_perturbed)
     out = tmp_path / "model.onnx"
     with pytest.raises(OnnxParityError, match=r"backbone\.pth: the ONNX export disagrees"):
         embeddings.export_onnx(weights, out)

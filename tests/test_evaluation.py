@@ -58,12 +58,17 @@ def test_a_backbone_is_evaluated_on_every_pack(tmp_path: Path) -> None:
     spec = {"name": "tface_ir", "args": {"depth": 18, "input_size": 32, "channels": [8, 8, 16, 16]}}
     weights.with_suffix(".json").write_text(json.dumps(spec))
     rng = np.random.default_rng(0)
-    people = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    people = [rng.integers(0, 256, (32, 32, 3)) for _ in range(4)]
+
+    def photo(person: int) -> bytes:
+        """A new image of one person: their pixels under fresh noise."""
+        noisy = people[person] + rng.normal(0, 12, people[person].shape)
+        return _jpeg(np.clip(noisy, 0, 255).astype(np.uint8))
+
     images, issame = [], []
     for i in range(20):
         same = i % 2 == 0
-        a, b = people[i % 4], people[i % 4] if same else people[(i + 1) % 4]
-        images += [_jpeg(a), _jpeg(b)]
+        images += [photo(i % 4), photo(i % 4 if same else (i + 2) % 4)]
         issame.append(same)
     packs = {}
     for name in ("lfw", "cfp_fp"):
@@ -72,8 +77,9 @@ def test_a_backbone_is_evaluated_on_every_pack(tmp_path: Path) -> None:
     results = evaluate_backbone(weights, packs, tmp_path / "eval.json", batch_size=8)
     saved = json.loads((tmp_path / "eval.json").read_text())["benchmarks"]
     assert set(saved) == {"lfw", "cfp_fp"}
-    # Identical images of a genuine pair have distance 0: a perfect split exists.
-    assert results["lfw"].accuracy == pytest.approx(1.0)
+    # Two images of one person lie closer than images of two people, even through a random
+    # network (0.95 here); mixed-up pairs or flipped flags score about 0.5.
+    assert results["lfw"].accuracy > 0.85
     assert saved["lfw"]["pairs"] == 20
 
 

@@ -92,11 +92,17 @@ def test_init_follows_the_reference():
 def test_demo_variant_trains_and_keeps_the_frozen_scale():
     torch.manual_seed(0)
     model = build_model("iresnet", dropout=0.4, **DEMO_ARGS)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    embeddings = model(torch.rand(4, 3, 32, 32) * 2 - 1)
-    embeddings.pow(2).mean().backward()
-    optimizer.step()
+    # Every parameter, with momentum and weight decay, as the trainers build it: the frozen
+    # scale stays at 1 only because it takes no gradient, not because the optimiser skips it.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    before = model.features.bias.detach().clone()
+    for _ in range(2):
+        optimizer.zero_grad()
+        embeddings = model(torch.rand(4, 3, 32, 32) * 2 - 1)
+        (embeddings * torch.linspace(-1, 1, 32)).sum().backward()
+        optimizer.step()
     assert embeddings.shape == (4, 32)
+    assert not torch.equal(model.features.bias, before)
     assert torch.all(model.features.weight == 1)
 
 

@@ -21,7 +21,7 @@ from paper_inputs import BENCHMARKS, write_paper_inputs
 from snakemake.utils import update_config
 
 # The runner moves to tests/workflow_runner.py on another branch; same signature.
-from test_workflow import ROOT, snakemake
+from workflow_runner import ROOT, snakemake
 
 from synface.contexts import generate_diffusers_faces
 from synface.io.binpack import read_bin

@@ -41,10 +41,12 @@ TINY = {
 }
 
 
-@pytest.fixture
-def packed(toy_manifest: Path, tmp_path: Path) -> Path:
-    pack_tfrecords(toy_manifest, tmp_path / "packed", "TFR-toy", image_size=32)
-    return tmp_path / "packed"
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy dataset packed once for the module; tests only read it."""
+    root = tmp_path_factory.mktemp("packed")
+    pack_tfrecords(write_toy_dataset(root / "toy"), root / "packed", "TFR-toy", image_size=32)
+    return root / "packed"
 
 
 def _recipe(**train: object) -> RecipeConfig:

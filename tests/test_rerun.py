@@ -1,30 +1,18 @@
 """A rerun after a changed input retrains, as Snakemake promises (through the real rules).
 
-`micro_run` below is a stand-in for the shared session fixture of tests/conftest.py (a workdir
-where the micro configuration completed); this test needs only the recognition model of `real`
-from it.
+It starts from a copy of the session's shared micro run (`micro_run`, tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
-from test_workflow import BASE, MICRO, snakemake
+from workflow_runner import BASE, MICRO, snakemake
 
 BACKBONE = "results/recognition/real/backbone.pth"
-
-
-@pytest.fixture(scope="module")
-def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    workdir = tmp_path_factory.mktemp("micro")
-    result = snakemake(workdir, BACKBONE)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    yield workdir
 
 
 def test_another_demo_world_seed_retrains_the_recognition_model(

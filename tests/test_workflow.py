@@ -1,26 +1,29 @@
-"""The workflow as users run it: Snakemake's CLI in a subprocess (specs/snakemake.md §7.3)."""
+"""The workflow as users run it: Snakemake's CLI in a subprocess (specs/snakemake.md §7.3).
+
+The micro run (the `micro_run` fixture) executes every rule once per session; the tests here
+read what it left, with checks a working pipeline passes even at micro size and a broken one
+does not (values in range, counts that follow from the config).
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from workflow_runner import BASE, MICRO, ROOT, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
-BASE = ROOT / "config" / "config.yaml"
-MICRO = ROOT / "tests" / "config" / "micro.yaml"
 RULES = [
     "demo_world",
     "dataset_manifest",
     "pack_tfrecords",
     "train_recognition",
     "evaluate",
+    "results_table",
     "export_embedding_model",
     "extract_embeddings",
     "train_autoencoder",
@@ -36,55 +39,112 @@ RULES = [
     "identity_consistency",
     "pack_demo_weights",
 ]
+BENCHMARKS = {
+    "lfw": "LFW",
+    "cfp_fp": "CFP-FP",
+    "cplfw": "CPLFW",
+    "agedb_30": "AGEDB",
+    "calfw": "CALFW",
+}
 
 
-def snakemake(
-    workdir: Path, *args: str, configfiles: tuple[Path, ...] = (BASE, MICRO), timeout: int = 600
-) -> subprocess.CompletedProcess[str]:
-    """Run the workflow from ``workdir`` like a user would, bounded in time."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    command = [
-        "timeout", "-k", "10", str(timeout),
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--workflow-profile", "none",
-        "--cores", "2",
-        *args,
-        "--configfile", *map(str, configfiles),
-    ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
+def _merge(base: dict, diff: dict) -> dict:
+    """A config file over another, as Snakemake merges --configfile files (nested keys)."""
+    out = dict(base)
+    for key, value in diff.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merge(base[key], value) if both else value
+    return out
 
 
-def test_dry_run_plans_every_stage(tmp_path: Path) -> None:
-    result = snakemake(tmp_path, "-n", "--quiet", "rules")
-    assert result.returncode == 0, result.stderr
-    for rule in [*RULES[:-1], "results_table"]:
-        assert rule in result.stdout
+def _micro_config() -> dict:
+    return _merge(yaml.safe_load(BASE.read_text()), yaml.safe_load(MICRO.read_text()))
 
 
-def test_the_micro_workflow_runs_every_rule_and_builds_the_table(tmp_path: Path) -> None:
-    result = snakemake(tmp_path, "all", "demo_weights/PROVENANCE.json")
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    rows = json.loads((tmp_path / "results/tables/results.json").read_text())
-    labels = yaml.safe_load(BASE.read_text())["datasets"]
-    assert [row["model"] for row in rows] == [d["label"] for d in labels.values()]
-    assert set(rows[0]) == {"model", "LFW", "CFP-FP", "CPLFW", "AGEDB", "CALFW", "Average"}
+def test_every_rule_ran_and_left_a_log_and_a_benchmark(micro_run: Path) -> None:
     for rule in RULES:
-        assert list((tmp_path / "logs" / rule).rglob("*.log")), f"{rule} left no log"
-        assert list((tmp_path / "logs" / "benchmarks" / rule).rglob("*.tsv"))
-    run_dir = tmp_path / "results/runs/recognition/real"
-    assert (run_dir / "META_Epoch_2_checkpoint.pth").exists()
-    check = json.loads((tmp_path / "results/ldm/identity_check.json").read_text())
-    assert check["contexts"] == 4 and check["samples_per_context"] == 2
-    provenance = json.loads((tmp_path / "demo_weights/PROVENANCE.json").read_text())
+        assert list((micro_run / "logs" / rule).rglob("*.log")), f"{rule} left no log"
+        assert list((micro_run / "logs" / "benchmarks" / rule).rglob("*.tsv")), rule
+    assert (micro_run / "results/runs/recognition/real/META_Epoch_2_checkpoint.pth").exists()
+
+
+def test_a_finished_run_has_nothing_left_to_do_under_the_local_profile(micro_run: Path) -> None:
+    """The outputs are complete and up to date; workflow/profiles/local, as a user passes it,
+    is read and plans the micro config."""
+    profile = str(ROOT / "workflow" / "profiles" / "local")
+    again = snakemake(
+        micro_run, "-n", "--workflow-profile", profile, "all", "demo_weights/PROVENANCE.json"
+    )
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert f"Using workflow specific profile {profile}" in output
+    assert "Nothing to be done" in output
+
+
+def test_the_table_holds_every_dataset_in_config_order_with_its_accuracies(
+    micro_run: Path,
+) -> None:
+    config = _micro_config()
+    rows = json.loads((micro_run / "results/tables/results.json").read_text())
+    assert [row["model"] for row in rows] == [d["label"] for d in config["datasets"].values()]
+    for name, row in zip(config["datasets"], rows, strict=True):
+        assert set(row) == {"model", *BENCHMARKS.values(), "Average"}
+        evaluation = json.loads((micro_run / f"results/evaluation/{name}.json").read_text())
+        for pack, column in BENCHMARKS.items():
+            figures = evaluation["benchmarks"][pack]
+            # 10 folds of pairs_per_fold pairs: the accuracy is a whole number of pairs.
+            pairs = 10 * config["demo_world"]["benchmarks"][pack]["pairs_per_fold"]
+            assert figures["pairs"] == pairs
+            assert 0.0 <= figures["accuracy"] <= 1.0
+            assert figures["accuracy"] * pairs == pytest.approx(round(figures["accuracy"] * pairs))
+            assert figures["std"] >= 0.0 and math.isfinite(figures["threshold"])
+            assert figures["xnorm"] > 0.0
+            assert row[column] == pytest.approx(100 * figures["accuracy"], abs=0.005)
+        five = [row[column] for column in BENCHMARKS.values()]
+        assert row["Average"] == pytest.approx(sum(five) / 5, abs=0.005)
+
+
+def test_the_identity_check_reports_figures_in_their_ranges(micro_run: Path) -> None:
+    check = json.loads((micro_run / "results/ldm/identity_check.json").read_text())
+    contexts, samples = check["contexts"], check["samples_per_context"]
+    assert (contexts, samples) == (4, 2)
+    assert check["chance"] == pytest.approx(1 / contexts)
+    # Top-1 over contexts x samples retrievals: a whole number of hits.
+    hits = check["retrieval_top1"] * contexts * samples
+    assert 0 <= round(hits) <= contexts * samples and hits == pytest.approx(round(hits))
+    for key in ("mean_cos_own", "mean_cos_other"):
+        assert -1.0 <= check[key] <= 1.0, check
+
+
+@pytest.mark.parametrize("name", ["uniform_100", "syn_100", "syn_300"])
+def test_the_consistency_reports_count_the_pairs_and_hold_sane_scores(
+    micro_run: Path, name: str
+) -> None:
+    spec = _micro_config()["datasets"][name]
+    report = json.loads((micro_run / f"results/consistency/{name}.json").read_text())
+    ids, per_id = spec["identities"], spec["images_per_identity"]
+    assert (report["identities"], report["images"]) == (ids, ids * per_id)
+    assert report["genuine_pairs"] == ids * per_id * (per_id - 1) // 2
+    assert report["impostor_pairs_total"] == ids * (ids - 1) // 2 * per_id**2
+    assert 0 < report["impostor_pairs"] <= report["impostor_pairs_total"]
+    for side in ("genuine", "impostor"):
+        assert -1.0 <= report[f"{side}_mean"] <= 1.0
+        assert 0.0 <= report[f"{side}_std"] <= 1.0
+    assert 0.0 <= report["eer"] <= 1.0 and 0.0 <= report["auc"] <= 1.0
+    assert 0.0 <= report["fmr100"] <= 1.0 and 0.0 <= report["fmr1000"] <= 1.0
+    assert (micro_run / f"results/consistency/{name}.png").stat().st_size > 0
+
+
+def test_the_demo_weights_are_packed_from_this_run(micro_run: Path) -> None:
+    folder = micro_run / "demo_weights"
+    provenance = json.loads((folder / "PROVENANCE.json").read_text())
     assert provenance["steps"]["ldm"] == 6
-    assert set(provenance["sha256"]) >= {"ldm/ema_averaged_model.ckpt", "embedding/backbone.pth"}
-    # Nothing left to do: the outputs are complete and up to date.
-    again = snakemake(tmp_path, "-n", "all", "demo_weights/PROVENANCE.json")
-    assert again.returncode == 0
-    assert "Nothing to be done" in again.stdout + again.stderr
+    assert provenance["identity_check"] == json.loads(
+        (micro_run / "results/ldm/identity_check.json").read_text()
+    )
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert set(provenance["sha256"]) == files - {"PROVENANCE.json"}
+    assert {"ldm/ema_averaged_model.ckpt", "embedding/backbone.pth"} <= files
 
 
 def test_an_unknown_config_key_stops_the_run_naming_key_and_file(tmp_path: Path) -> None:
@@ -124,11 +184,9 @@ def _paper_inputs(root: Path) -> None:
         (root / path).write_bytes(b"")
 
 
-def test_the_paper_scale_30k_run_plans_fast_with_few_jobs(tmp_path: Path) -> None:
+def test_the_paper_scale_30k_run_plans_few_jobs(tmp_path: Path) -> None:
     _paper_inputs(tmp_path)
-    started = time.perf_counter()
     result = snakemake(tmp_path, "-n", "-p", configfiles=(ROOT / "config" / "frcsyn.yaml",))
-    planning = time.perf_counter() - started
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "demo_world" not in output
@@ -142,7 +200,6 @@ def test_the_paper_scale_30k_run_plans_fast_with_few_jobs(tmp_path: Path) -> Non
     # shards of 500 are 80 synthesis jobs, not millions of files.
     assert jobs["synthesize"] == 60 + 20
     assert sum(jobs.values()) < 300, jobs
-    assert planning < 20, f"planning took {planning:.1f} s"
 
 
 def test_lint_and_format_are_clean() -> None:
@@ -159,11 +216,26 @@ def test_lint_and_format_are_clean() -> None:
 
 
 @pytest.mark.slow
-def test_the_demo_world_baseline_is_above_chance_and_below_perfect(tmp_path: Path) -> None:
-    """The full demo config (what `make demo` runs); about 6 minutes on 2 cores."""
-    result = snakemake(tmp_path, configfiles=(BASE,), timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (row,) = json.loads((tmp_path / "results/tables/results.json").read_text())
-    for benchmark in ("LFW", "CFP-FP", "CPLFW", "AGEDB", "CALFW"):
-        assert 65.0 < row[benchmark] <= 100.0, row
-    assert min(row["CFP-FP"], row["AGEDB"], row["CALFW"]) < 100.0, row
+def test_the_demo_table_ranks_real_and_synthetic_data_above_the_control(tmp_path: Path) -> None:
+    """`make demo` as shipped, from a clone's root (the demo weights beside the config): about
+    15 minutes on 2 cores. Ranges from the README's run (real 85.9 average, ADMIS 79-80,
+    IDiff-Face 71.5, control 59.8), with margins."""
+    (tmp_path / "demo_weights").symlink_to(ROOT / "demo_weights")
+    result = snakemake(tmp_path, configfiles=(BASE,), timeout=3600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    rows = json.loads((tmp_path / "results/tables/results.json").read_text())
+    datasets = yaml.safe_load(BASE.read_text())["datasets"]
+    assert [row["model"] for row in rows] == [d["label"] for d in datasets.values()]
+    average = {name: row["Average"] for name, row in zip(datasets, rows, strict=True)}
+    real = rows[0]
+    for benchmark in BENCHMARKS.values():
+        assert 65.0 < real[benchmark] <= 100.0, real
+    assert min(real["CFP-FP"], real["AGEDB"], real["CALFW"]) < 100.0, real
+    for row in rows:
+        assert all(50.0 <= row[b] <= 100.0 for b in BENCHMARKS.values()), row
+    # Training on the context faces alone is the floor every generator must clear.
+    assert average["real"] > average["context_only_300"] + 10, average
+    for synthetic in ("uniform_100", "syn_100", "syn_300"):
+        assert average[synthetic] > average["context_only_300"] + 5, average
+    check = json.loads((tmp_path / "results/ldm/identity_check.json").read_text())
+    assert check["retrieval_top1"] > 10 * check["chance"], check

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow import BASE, MICRO, ROOT, snakemake
+from workflow_runner import BASE, MICRO, ROOT, snakemake
 
 FRCSYN = ROOT / "config" / "frcsyn.yaml"
 
@@ -133,16 +134,19 @@ def test_a_uniform_set_with_oversampling_is_refused(tmp_path: Path) -> None:
     assert "datasets.uniform_100.oversample is 5" in result.stdout + result.stderr
 
 
-def test_the_readme_recipe_for_one_job_again_reruns_that_job_only(tmp_path: Path) -> None:
-    """The README's "one job again" line, run as written (it replaced `-R train_recognition
-    --until train_recognition`, which ended in "Out of jobs ready to be started")."""
+def test_the_readme_recipe_for_one_job_again_reruns_that_job_only(
+    micro_run: Path, tmp_path: Path
+) -> None:
+    """The README's "one job again" line, run as written on a finished micro run (it replaced
+    `-R train_recognition --until train_recognition`, which ended in "Out of jobs ready to be
+    started")."""
     readme = (ROOT / "README.md").read_text()
     (line,) = [line for line in readme.splitlines() if line.endswith("# one job again")]
     args = line.split("#")[0].split()
     assert args[:3] == ["snakemake", "--cores", "all"], line
-    first = snakemake(tmp_path, *args[3:])
-    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
-    again = snakemake(tmp_path, *args[3:])
+    workdir = tmp_path / "w"
+    shutil.copytree(micro_run, workdir, symlinks=True)
+    again = snakemake(workdir, *args[3:])
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-3000:]
     assert "rule train_recognition:" in output

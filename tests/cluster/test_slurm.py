@@ -7,12 +7,11 @@ module, and the module is skipped, with the reason, where this machine cannot ho
 root, not Debian, slurm-wlm not installable).
 
 Every SLURM job costs 20 to 45 s here (the jobstep's two Snakemake start-ups, then the plugin's
-status checks 5, 20 and 45 s after submission), so the runs build the micro workflow's
-recognition branch for the demo world's real faces (demo world, manifest, packing, training on
-one GPU, evaluation: 160 s through SLURM, 40 s plainly on 2 cores), not all of its jobs, and
-two runs share one working directory: the first has its GPU training job cancelled; the second
-resumes it and finishes, while a job added to it fails at run time. The tests below read what
-those runs left. About 4.5 minutes in all.
+status checks 5, 20 and 45 s after submission), so only the jobs whose submission is under test
+go through SLURM: the micro workflow's demo world, manifest and packing for the real faces are
+built plainly first, then two runs share that working directory: the first trains on one GPU
+and has its training job cancelled; the second resumes it, finishes and evaluates, while a
+manifest job added to it fails at run time. The tests below read what those runs left.
 """
 
 from __future__ import annotations
@@ -30,11 +29,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from workflow_runner import BASE, MICRO, ROOT, snakemake
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
-CONFIGFILES = (ROOT / "config" / "config.yaml", ROOT / "tests" / "config" / "micro.yaml")
+CONFIGFILES = (BASE, MICRO)
 PARTITION = "synface"
 # "Job 3 has been submitted with SLURM jobid 5 (log: .../logs/slurm/rule_<rule>/<wildcards>/5.log)"
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/rule_([\w/]+?)/\d+\.log\)")
@@ -129,7 +128,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("workflow")
+    """The training set packed without SLURM: what precedes training is not under test here,
+    and three more SLURM jobs would cost a minute or two."""
+    folder = tmp_path_factory.mktemp("workflow")
+    packed = snakemake(folder, "results/tfrecords/real/pack.json", configfiles=CONFIGFILES)
+    assert packed.returncode == 0, (packed.stdout + packed.stderr)[-3000:]
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,35 @@
+"""Snakemake's CLI in a subprocess, the way users run the workflow (specs/snakemake.md §7.3).
+
+Shared by every test that plans or runs the workflow: import as
+``from workflow_runner import snakemake, ROOT, BASE, MICRO``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "config" / "config.yaml"
+MICRO = ROOT / "tests" / "config" / "micro.yaml"
+
+
+def snakemake(
+    workdir: Path, *args: str, configfiles: tuple[Path, ...] = (BASE, MICRO), timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the workflow from ``workdir`` like a user would, bounded in time."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    command = [
+        "timeout", "-k", "10", str(timeout),
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(ROOT / "Snakefile"),
+        "--directory", str(workdir),
+        "--workflow-profile", "none",
+        "--cores", "2",
+        *args,
+        "--configfile", *map(str, configfiles),
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=workdir)
