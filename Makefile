@@ -1,6 +1,7 @@
 # make demo: set up .venv and run the whole pipeline on the demo world.
 # make test: set up .venv and run the test suite (what CI runs).
-# make test-slow: only the end-to-end tests marked slow (the full demo; about 15 minutes).
+# make test-slow: only the end-to-end tests marked slow (the full demo and the paper path; about
+# 30 minutes on 2 cores).
 # make test-slurm: only the SLURM profile test, against a local cluster (root, Debian).
 PYTHON ?= python3.11
 VENV := .venv
