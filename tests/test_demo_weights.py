@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from synface.demo_weights import pack_demo_weights
+from synface.ldm.first_stage import FirstStageSpec
 from synface.models.vq_f4 import DECODER_FILE, ENCODER_FILE
 
 CONFIG = {"first_stage": {"train": {"steps": 4}}, "recognition": {"train": {"epochs": 2}}}
@@ -34,6 +35,7 @@ def packed(tmp_path: Path) -> tuple[Path, dict, dict]:
     _save(embedding, sources / "emb/backbone.pth", {"name": "iresnet", "args": {}})
     _save(first, sources / "first" / ENCODER_FILE)
     _save(first, sources / "first" / DECODER_FILE)
+    FirstStageSpec({"ch": 8}, 3, 16).write(sources / "first")
     _save(ldm, sources / "ldm/model.ckpt", {"steps": 6})
     (sources / "check.json").write_text(json.dumps({"retrieval_top1": 0.5}))
     (tmp_path / "bench/train_ldm").mkdir(parents=True)
