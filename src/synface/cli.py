@@ -136,15 +136,9 @@ def run_synthesize(args: argparse.Namespace) -> None:
 
     from synface.synthesis import SynthesisSettings, synthesize_shard
 
+    contexts, identities = np.load(args.contexts), range(args.first, args.last)
     settings = SynthesisSettings.from_settings(args.settings)
-    identities = range(args.first, args.last)
-    _call(
-        synthesize_shard,
-        args,
-        contexts=np.load(args.contexts),
-        identities=identities,
-        settings=settings,
-    )
+    _call(synthesize_shard, args, contexts=contexts, identities=identities, settings=settings)
 
 
 def run_make_contexts(args: argparse.Namespace) -> None:
