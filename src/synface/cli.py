@@ -190,24 +190,30 @@ def _settings_option(sub: argparse.ArgumentParser, help: str) -> None:
     sub.add_argument("--settings", type=_settings, required=True, help=f"{help} (JSON or @file)")
 
 
+def _path(
+    sub: argparse.ArgumentParser,
+    flag: str,
+    dest: str,
+    help: str | None = None,
+    required: bool = True,
+) -> None:
+    """A path option that feeds the stage parameter ``dest`` (see ``_call``)."""
+    sub.add_argument(flag, type=Path, required=required, help=help, dest=dest)
+
+
 def _first_stage(
     sub: argparse.ArgumentParser, required: bool = True, help: str = "", dest: str = "first_stage"
 ) -> None:
-    sub.add_argument(
-        "--first-stage",
-        type=Path,
-        required=required,
-        help=help or "VQ-f4 folder: the two state dicts and first_stage.json",
-        dest=dest,
-    )
+    help = help or "VQ-f4 folder: the two state dicts and first_stage.json"
+    _path(sub, "--first-stage", dest, help, required)
 
 
 def _ldm(sub: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
-    sub.add_argument("--ldm", type=Path, required=required, help=help, dest="ldm_checkpoint")
+    _path(sub, "--ldm", "ldm_checkpoint", help, required)
 
 
 def add_demo_world(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--out", type=Path, required=True, help="output folder", dest="out_dir")
+    _path(sub, "--out", "out_dir", "output folder")
     _settings_option(sub, "the demo_world config plus image_size, e.g. '{\"image_size\": 32}'")
     _threads(sub, dest="workers")
 
@@ -229,13 +235,9 @@ def add_pack_tfrecords(sub: argparse.ArgumentParser) -> None:
 
 
 def add_train_recognition(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--index", type=Path, required=True, help="4-column TFace training index", dest="index_path"
-    )
+    _path(sub, "--index", "index_path", "4-column TFace training index")
     sub.add_argument("--data-root", type=Path, required=True, help="folder of the TFR-* dirs")
-    sub.add_argument(
-        "--out", type=Path, required=True, help="final backbone state dict", dest="backbone_out"
-    )
+    _path(sub, "--out", "backbone_out", "final backbone state dict")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
     _settings_option(sub, "recognition config")
     _threads(sub)
@@ -244,23 +246,19 @@ def add_train_recognition(sub: argparse.ArgumentParser) -> None:
 def add_evaluate(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
     sub.add_argument("--pack", type=_named_path, action="append", required=True, dest="packs")
-    sub.add_argument("--out", type=Path, required=True, dest="out_json")
+    _path(sub, "--out", "out_json")
     sub.add_argument("--batch-size", type=int, default=64)
     _threads(sub)
 
 
 def add_export_embedding_model(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
-    sub.add_argument(
-        "--out", type=Path, required=True, help="model.onnx (+ model.onnx.json)", dest="onnx_out"
-    )
+    _path(sub, "--out", "onnx_out", "model.onnx (+ model.onnx.json)")
     _threads(sub)
 
 
 def add_extract_embeddings(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--model", type=Path, required=True, help="from export-embedding-model", dest="onnx_model"
-    )
+    _path(sub, "--model", "onnx_model", "from export-embedding-model")
     sub.add_argument("--manifest", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True, help="embeddings.npy + names.txt")
     sub.add_argument("--batch-size", type=int, default=64)
@@ -279,13 +277,7 @@ def add_train_autoencoder(sub: argparse.ArgumentParser) -> None:
 
 def add_encode_latents(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--manifest", type=Path, required=True)
-    sub.add_argument(
-        "--embeddings",
-        type=Path,
-        required=True,
-        help="extract-embeddings output",
-        dest="embeddings_dir",
-    )
+    _path(sub, "--embeddings", "embeddings_dir", "extract-embeddings output")
     _first_stage(sub, dest="first_stage_dir")
     sub.add_argument("--image-size", type=int, required=True, help="LDM input size in pixels")
     sub.add_argument("--out-dir", type=Path, required=True)
@@ -294,12 +286,8 @@ def add_encode_latents(sub: argparse.ArgumentParser) -> None:
 
 
 def add_train_ldm(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--latents", type=Path, required=True, help="encode-latents output", dest="latents_dir"
-    )
-    sub.add_argument(
-        "--out", type=Path, required=True, help="ADMIS-format EMA checkpoint", dest="out_checkpoint"
-    )
+    _path(sub, "--latents", "latents_dir", "encode-latents output")
+    _path(sub, "--out", "out_checkpoint", "ADMIS-format EMA checkpoint")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints and previews")
     _settings_option(sub, "ldm training config")
     _first_stage(sub, required=False, help="VQ-f4 folder, for preview grids")
@@ -310,20 +298,8 @@ def add_check_identity(sub: argparse.ArgumentParser) -> None:
     _ldm(sub, help="LDM checkpoint (+ .json)")
     _first_stage(sub)
     sub.add_argument("--embedding-weights", type=Path, required=True, help="backbone (+ .json)")
-    sub.add_argument(
-        "--contexts",
-        type=Path,
-        required=True,
-        help="embeddings of held-out faces",
-        dest="contexts_dir",
-    )
-    sub.add_argument(
-        "--out",
-        type=Path,
-        required=True,
-        help="JSON (a PNG grid goes beside it)",
-        dest="out_json",
-    )
+    _path(sub, "--contexts", "contexts_dir", "embeddings of held-out faces")
+    _path(sub, "--out", "out_json", "JSON (a PNG grid goes beside it)")
     _settings_option(sub, "num_contexts, samples_per_context, steps, batch_size")
     _threads(sub)
 
@@ -335,25 +311,13 @@ def add_pack_demo_weights(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--identity-check", type=Path, required=True)
     _settings_option(sub, "the config they fit")
     sub.add_argument("--commands", type=Path, help="JSON list of the commands that made them")
-    sub.add_argument(
-        "--benchmarks",
-        type=Path,
-        required=True,
-        help="Snakemake benchmark tsvs",
-        dest="benchmarks_dir",
-    )
+    _path(sub, "--benchmarks", "benchmarks_dir", "Snakemake benchmark tsvs")
     sub.add_argument("--made-on", default="", help="the machine, in words")
-    sub.add_argument("--out", type=Path, required=True, dest="out_dir")
+    _path(sub, "--out", "out_dir")
 
 
 def add_identity_consistency(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--embeddings",
-        type=Path,
-        required=True,
-        help="extract-embeddings output",
-        dest="embeddings_dir",
-    )
+    _path(sub, "--embeddings", "embeddings_dir", "extract-embeddings output")
     sub.add_argument("--manifest", type=Path, required=True, help="the manifest it was made from")
     sub.add_argument("--out-json", type=Path, required=True)
     sub.add_argument("--out-png", type=Path, required=True, help="score histograms")
@@ -395,20 +359,8 @@ def add_make_contexts(sub: argparse.ArgumentParser) -> None:
 
 
 def add_select_contexts(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--candidates",
-        type=Path,
-        required=True,
-        help="candidate embeddings",
-        dest="candidates_dir",
-    )
-    sub.add_argument(
-        "--manifest",
-        type=Path,
-        required=True,
-        help="candidate faces",
-        dest="candidates_manifest",
-    )
+    _path(sub, "--candidates", "candidates_dir", "candidate embeddings")
+    _path(sub, "--manifest", "candidates_manifest", "candidate faces")
     _ldm(sub)
     _first_stage(sub)
     sub.add_argument("--embedding-weights", type=Path, required=True)
@@ -418,26 +370,25 @@ def add_select_contexts(sub: argparse.ArgumentParser) -> None:
 
 
 def add_set_manifest(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--out", type=Path, required=True, dest="out_manifest")
+    _path(sub, "--out", "out_manifest")
     sub.add_argument("--identities", type=int, required=True)
-    sub.add_argument(
-        "--images", type=Path, help="synthesized <id>/<k>.png folder", dest="images_dir"
-    )
-    sub.add_argument("--faces", type=Path, help="context faces manifest", dest="faces_manifest")
+    _path(sub, "--images", "images_dir", "synthesized <id>/<k>.png folder", required=False)
+    _path(sub, "--faces", "faces_manifest", "context faces manifest", required=False)
     sub.add_argument("--repeats", type=int, default=0, help="copies of each context face")
-    sub.add_argument(
+    _path(
+        sub,
         "--synthetic-out",
-        type=Path,
-        help="manifest of the generated images only",
-        dest="synthetic_manifest",
+        "synthetic_manifest",
+        "manifest of the generated images only",
+        required=False,
     )
 
 
 def add_results_table(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--row", type=_named_path, action="append", required=True, dest="evaluations")
     sub.add_argument("--markdown", type=Path, required=True)
-    sub.add_argument("--csv", type=Path, required=True, dest="csv_path")
-    sub.add_argument("--json", type=Path, required=True, dest="json_path")
+    _path(sub, "--csv", "csv_path")
+    _path(sub, "--json", "json_path")
 
 
 Handler = Callable[[argparse.Namespace], None]
