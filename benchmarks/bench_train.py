@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import repeat
+from pathlib import Path
 
 import torch
+import yaml
 from common import Row, add_common_args, best_of, render_faces, report, scratch_dir
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -35,19 +37,29 @@ from synface.recognition.data import AugmentConfig, DecodeAugmentCollate, Record
 from synface.recognition.train import RecognitionModel, recognition_train_step
 from synface.settings import from_settings
 
+ROOT = Path(__file__).resolve().parents[1]
 NAME = "benchTFR"
 EMBEDDING_SIZE = 512
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+# The config whose recognition backbone and face size each scale times: config/config.yaml's
+# narrow IR-18 on 32 px demo faces, config/frcsyn.yaml's TFace IR-50 at 112 px.
+CONFIGS = {"demo": ROOT / "config" / "config.yaml", "paper": ROOT / "config" / "frcsyn.yaml"}
+# Option defaults by scale: (batch size, warmup, steps, repeats, images, identities). The demo
+# batch is config.yaml's; the paper's batch and steps are sized for a 2-core CPU (an IR-50 step
+# costs ~38 GFLOP per image): on a GPU raise --batch-size and --steps.
+SIZES = {"demo": (128, 2, 10, 3, 3000, 300), "paper": (8, 1, 2, 1, 500, 100)}
+
+
 @dataclass(frozen=True)
 class Preset:
-    """Model and sizes of one scale; every field is an option's default."""
+    """Model and sizes of one scale; every size is an option's default."""
 
     image_size: int
     depth: int
-    channels: tuple[int, int, int, int]
+    channels: tuple[int, ...]
     batch_size: int
     warmup: int
     steps: int
@@ -56,31 +68,12 @@ class Preset:
     identities: int
 
 
-# config/config.yaml's recognition section: the narrow IR-18 the demo world trains.
-DEMO = Preset(
-    image_size=32,
-    depth=18,
-    channels=(16, 32, 64, 128),
-    batch_size=128,
-    warmup=2,
-    steps=10,
-    repeats=3,
-    images=3000,
-    identities=300,
-)
-# config/frcsyn.yaml: TFace IR-50 at 112 px. Batch and steps are sized for a 2-core CPU (an
-# IR-50 step costs ~38 GFLOP per image); on a GPU raise --batch-size and --steps.
-PAPER = Preset(
-    image_size=112,
-    depth=50,
-    channels=(64, 128, 256, 512),
-    batch_size=8,
-    warmup=1,
-    steps=2,
-    repeats=1,
-    images=500,
-    identities=100,
-)
+def load_preset(scale: str) -> Preset:
+    """The scale's backbone as its config file sets it, with the scale's sizes."""
+    cfg = yaml.safe_load(CONFIGS[scale].read_text())
+    backbone = cfg["recognition"]["backbone"]
+    model = (cfg["face_size"], backbone["depth"], tuple(backbone["channels"]))
+    return Preset(*model, *SIZES[scale])
 
 
 class PillowDataset(Dataset):
@@ -187,7 +180,7 @@ def parse_args() -> argparse.Namespace:
     preset_parser.add_argument(
         "--paper", action="store_true", help="112 px IR-50 instead of the demo's 32 px IR-18"
     )
-    preset = PAPER if preset_parser.parse_known_args()[0].paper else DEMO
+    preset = load_preset("paper" if preset_parser.parse_known_args()[0].paper else "demo")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], parents=[preset_parser])
     add_common_args(parser, preset.images, preset.identities)
     parser.add_argument("--batch-size", type=int, default=preset.batch_size)

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-from synface.settings import SCHEMA_PATH, SettingsError, from_settings, schema_defaults
+from synface.settings import (
+    SCHEMA_PATH,
+    SettingsError,
+    StageSettings,
+    from_settings,
+    schema_defaults,
+)
 
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 DEFS = SCHEMA["$defs"]
@@ -20,7 +26,7 @@ WORLD = DEFS["demo_world"]["properties"]
 
 
 @dataclass(frozen=True)
-class World:
+class World(StageSettings, section="demo_world"):
     seed: int
     train_identities: int
 
@@ -35,6 +41,13 @@ def test_a_missing_key_is_filled_from_the_schema_through_a_ref() -> None:
     # `demo_world` is a `$ref` to `$defs/demo_world`.
     world = from_settings(World, {"seed": 7}, "demo_world")
     assert world == World(seed=7, train_identities=WORLD["train_identities"]["default"])
+
+
+def test_a_stage_settings_class_reads_the_section_its_class_statement_names() -> None:
+    world = World.from_settings({"seed": 7})
+    assert world == World(seed=7, train_identities=WORLD["train_identities"]["default"])
+    with pytest.raises(SettingsError, match=r"unknown demo_world setting\(s\) sede"):
+        World.from_settings({"sede": 7})
 
 
 def test_an_unknown_key_is_refused_by_name() -> None:

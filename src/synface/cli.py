@@ -8,6 +8,7 @@ so a Snakemake rule passes its ``params`` verbatim and a change in any of them r
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
@@ -37,10 +38,22 @@ def _named_path(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _call(stage: Callable[..., Any], args: argparse.Namespace, **converted: Any) -> Any:
+    """Call ``stage`` with the parsed options named like its parameters.
+
+    Each option's ``dest`` is the parameter it feeds, so a command lists only the values that
+    need more than argparse's ``type`` (a settings dataclass, a loaded array, a range) in
+    ``converted``; a stage parameter that no option names keeps the stage's default.
+    """
+    given = {**vars(args), **converted}
+    names = inspect.signature(stage).parameters
+    return stage(**{name: given[name] for name in names if name in given})
+
+
 def run_demo_world(args: argparse.Namespace) -> None:
     from synface.demo_world.world import DemoWorldConfig, build_demo_world
 
-    build_demo_world(DemoWorldConfig.from_settings(args.settings), args.out, workers=args.threads)
+    _call(build_demo_world, args, cfg=DemoWorldConfig.from_settings(args.settings))
 
 
 def run_manifest(args: argparse.Namespace) -> None:
@@ -54,111 +67,68 @@ def run_manifest(args: argparse.Namespace) -> None:
 def run_pack(args: argparse.Namespace) -> None:
     from synface.packing import pack_tfrecords
 
-    pack_tfrecords(
-        args.manifest,
-        args.out_dir,
-        args.name,
-        args.image_size,
-        records_per_shard=args.records_per_shard,
-        workers=args.threads,
-    )
+    _call(pack_tfrecords, args)
 
 
 def run_train_recognition(args: argparse.Namespace) -> None:
     from synface.recognition.train import RecognitionTrainConfig, train_recognition
 
-    cfg = RecognitionTrainConfig.from_settings(args.settings)
-    train_recognition(args.index, args.data_root, args.out, args.run_dir, cfg, args.threads)
+    _call(train_recognition, args, cfg=RecognitionTrainConfig.from_settings(args.settings))
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from synface.evaluation.benchmark import evaluate_backbone
 
-    evaluate_backbone(args.weights, dict(args.pack), args.out, args.batch_size, args.threads)
+    _call(evaluate_backbone, args, packs=dict(args.packs))
 
 
 def run_export_embedding_model(args: argparse.Namespace) -> None:
     from synface.embeddings import export_onnx
 
-    export_onnx(args.weights, args.out, threads=args.threads)
+    _call(export_onnx, args)
 
 
 def run_extract_embeddings(args: argparse.Namespace) -> None:
     from synface.embeddings import extract_embeddings
 
-    extract_embeddings(args.model, args.manifest, args.out_dir, args.batch_size, args.threads)
+    _call(extract_embeddings, args)
 
 
 def run_train_autoencoder(args: argparse.Namespace) -> None:
     from synface.ldm.first_stage import AutoencoderTrainConfig, train_autoencoder
 
-    cfg = AutoencoderTrainConfig.from_settings(args.settings)
-    train_autoencoder(args.manifest, args.out_dir, args.run_dir, cfg, args.threads)
+    _call(train_autoencoder, args, cfg=AutoencoderTrainConfig.from_settings(args.settings))
 
 
 def run_encode_latents(args: argparse.Namespace) -> None:
     from synface.ldm.latents import encode_latents
 
-    encode_latents(
-        args.manifest,
-        args.embeddings,
-        args.first_stage,
-        args.image_size,
-        args.out_dir,
-        args.batch_size,
-        args.threads,
-    )
+    _call(encode_latents, args)
 
 
 def run_train_ldm(args: argparse.Namespace) -> None:
     from synface.ldm.train import LDMTrainConfig, train_ldm
 
-    cfg = LDMTrainConfig.from_settings(args.settings)
-    train_ldm(args.latents, args.out, args.run_dir, cfg, args.first_stage, args.threads)
+    _call(train_ldm, args, cfg=LDMTrainConfig.from_settings(args.settings))
 
 
 def run_check_identity(args: argparse.Namespace) -> None:
     from synface.ldm.identity_check import IdentityCheckSettings, check_identity
 
-    check_identity(
-        args.ldm,
-        args.first_stage,
-        args.embedding_weights,
-        args.contexts,
-        args.out,
-        IdentityCheckSettings.from_settings(args.settings),
-        threads=args.threads,
-    )
+    _call(check_identity, args, settings=IdentityCheckSettings.from_settings(args.settings))
 
 
 def run_pack_demo_weights(args: argparse.Namespace) -> None:
     from synface.demo_weights import pack_demo_weights
 
     commands = json.loads(args.commands.read_text()) if args.commands else []
-    pack_demo_weights(
-        args.embedding_weights,
-        args.first_stage,
-        args.ldm,
-        args.identity_check,
-        args.settings,
-        args.out,
-        commands,
-        args.benchmarks,
-        args.made_on,
-    )
+    _call(pack_demo_weights, args, config=args.settings, commands=commands)
 
 
 def run_identity_consistency(args: argparse.Namespace) -> None:
     from synface.consistency import consistency_report
 
-    consistency_report(
-        args.embeddings,
-        args.manifest,
-        args.out_json,
-        args.out_png,
-        max_impostor_pairs=args.max_impostor_pairs,
-        seed=args.seed,
-    )
+    _call(consistency_report, args)
 
 
 def run_synthesize(args: argparse.Namespace) -> None:
@@ -166,88 +136,53 @@ def run_synthesize(args: argparse.Namespace) -> None:
 
     from synface.synthesis import SynthesisSettings, synthesize_shard
 
-    synthesize_shard(
-        args.ldm,
-        args.first_stage,
-        np.load(args.contexts),
-        range(args.first, args.last),
-        args.images_per_identity,
-        args.out_dir,
-        args.face_size,
-        SynthesisSettings.from_settings(args.settings),
-        threads=args.threads,
-        done_marker=args.done_marker,
-    )
+    contexts, identities = np.load(args.contexts), range(args.first, args.last)
+    settings = SynthesisSettings.from_settings(args.settings)
+    _call(synthesize_shard, args, contexts=contexts, identities=identities, settings=settings)
 
 
 def run_make_contexts(args: argparse.Namespace) -> None:
     from synface import contexts
 
-    if args.source == "uniform":
-        contexts.write_uniform_contexts(args.out_dir, args.count, args.dim, args.seed)
-    elif args.source == "database":
-        contexts.database_manifest(args.images, args.out_dir / "manifest.tsv")
+    if args.source == "database":
+        manifest = args.out_dir / "manifest.tsv"
+        contexts.database_manifest(args.images, manifest)
         if args.embed_npy:
             contexts.import_admis_embeddings(
-                args.embed_npy, args.names_pkl, args.out_dir / "manifest.tsv", args.embeddings_out
+                args.embed_npy, args.names_pkl, manifest, args.embeddings_out
             )
-    elif args.source == "ldm":
-        contexts.generate_ldm_faces(
-            args.ldm,
-            args.first_stage,
-            args.count,
-            args.out_dir,
-            args.face_size,
-            args.seed,
-            args.steps,
-            args.batch_size,
-            args.threads,
-        )
-    else:
-        contexts.generate_diffusers_faces(
-            args.model_dir,
-            args.count,
-            args.out_dir,
-            args.face_size,
-            args.seed,
-            args.steps,
-            args.batch_size,
-            args.threads,
-        )
+        return
+    make = {
+        "uniform": contexts.write_uniform_contexts,
+        "ldm": contexts.generate_ldm_faces,
+        "diffusers": contexts.generate_diffusers_faces,
+    }
+    _call(make[args.source], args)
 
 
 def run_select_contexts(args: argparse.Namespace) -> None:
     from synface.contexts import SelectionConfig, select_contexts
 
-    select_contexts(
-        args.candidates,
-        args.manifest,
-        args.ldm,
-        args.first_stage,
-        args.embedding_weights,
-        args.out_dir,
-        SelectionConfig.from_settings(args.settings),
-        args.threads,
-    )
+    _call(select_contexts, args, cfg=SelectionConfig.from_settings(args.settings))
 
 
 def run_set_manifest(args: argparse.Namespace) -> None:
     from synface.oversample import write_set_manifests
 
-    write_set_manifests(
-        args.out, args.identities, args.images, args.faces, args.repeats, args.synthetic_out
-    )
+    _call(write_set_manifests, args)
 
 
 def run_results_table(args: argparse.Namespace) -> None:
     from synface.evaluation.table import to_markdown, write_results_table
 
-    rows = write_results_table(dict(args.row), args.markdown, args.csv, args.json)
+    rows = _call(write_results_table, args, evaluations=dict(args.evaluations))
     print(to_markdown(rows), end="")
 
 
-def _threads(sub: argparse.ArgumentParser, help: str = "CPU threads") -> None:
-    sub.add_argument("--threads", type=int, default=1, help=help)
+def _threads(
+    sub: argparse.ArgumentParser, help: str = "CPU threads", dest: str = "threads"
+) -> None:
+    sub.add_argument("--threads", type=int, default=1, help=help, dest=dest)
 
 
 def _settings_option(sub: argparse.ArgumentParser, help: str) -> None:
@@ -255,19 +190,32 @@ def _settings_option(sub: argparse.ArgumentParser, help: str) -> None:
     sub.add_argument("--settings", type=_settings, required=True, help=f"{help} (JSON or @file)")
 
 
-def _first_stage(sub: argparse.ArgumentParser, required: bool = True, help: str = "") -> None:
-    sub.add_argument(
-        "--first-stage",
-        type=Path,
-        required=required,
-        help=help or "VQ-f4 folder: the two state dicts and first_stage.json",
-    )
+def _path(
+    sub: argparse.ArgumentParser,
+    flag: str,
+    dest: str,
+    help: str | None = None,
+    required: bool = True,
+) -> None:
+    """A path option that feeds the stage parameter ``dest`` (see ``_call``)."""
+    sub.add_argument(flag, type=Path, required=required, help=help, dest=dest)
+
+
+def _first_stage(
+    sub: argparse.ArgumentParser, required: bool = True, help: str = "", dest: str = "first_stage"
+) -> None:
+    help = help or "VQ-f4 folder: the two state dicts and first_stage.json"
+    _path(sub, "--first-stage", dest, help, required)
+
+
+def _ldm(sub: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
+    _path(sub, "--ldm", "ldm_checkpoint", help, required)
 
 
 def add_demo_world(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--out", type=Path, required=True, help="output folder")
+    _path(sub, "--out", "out_dir", "output folder")
     _settings_option(sub, "the demo_world config plus image_size, e.g. '{\"image_size\": 32}'")
-    _threads(sub)
+    _threads(sub, dest="workers")
 
 
 def add_manifest(sub: argparse.ArgumentParser) -> None:
@@ -283,13 +231,13 @@ def add_pack_tfrecords(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--name", required=True, help="TFRecord dataset name (must contain TFR)")
     sub.add_argument("--image-size", type=int, required=True, help="face size in pixels")
     sub.add_argument("--records-per-shard", type=int, default=500_000)
-    _threads(sub, "decoding processes")
+    _threads(sub, "decoding processes", dest="workers")
 
 
 def add_train_recognition(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--index", type=Path, required=True, help="4-column TFace training index")
+    _path(sub, "--index", "index_path", "4-column TFace training index")
     sub.add_argument("--data-root", type=Path, required=True, help="folder of the TFR-* dirs")
-    sub.add_argument("--out", type=Path, required=True, help="final backbone state dict")
+    _path(sub, "--out", "backbone_out", "final backbone state dict")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
     _settings_option(sub, "recognition config")
     _threads(sub)
@@ -297,20 +245,20 @@ def add_train_recognition(sub: argparse.ArgumentParser) -> None:
 
 def add_evaluate(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
-    sub.add_argument("--pack", type=_named_path, action="append", required=True)
-    sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--pack", type=_named_path, action="append", required=True, dest="packs")
+    _path(sub, "--out", "out_json")
     sub.add_argument("--batch-size", type=int, default=64)
     _threads(sub)
 
 
 def add_export_embedding_model(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
-    sub.add_argument("--out", type=Path, required=True, help="model.onnx (+ model.onnx.json)")
+    _path(sub, "--out", "onnx_out", "model.onnx (+ model.onnx.json)")
     _threads(sub)
 
 
 def add_extract_embeddings(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--model", type=Path, required=True, help="from export-embedding-model")
+    _path(sub, "--model", "onnx_model", "from export-embedding-model")
     sub.add_argument("--manifest", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True, help="embeddings.npy + names.txt")
     sub.add_argument("--batch-size", type=int, default=64)
@@ -329,8 +277,8 @@ def add_train_autoencoder(sub: argparse.ArgumentParser) -> None:
 
 def add_encode_latents(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--manifest", type=Path, required=True)
-    sub.add_argument("--embeddings", type=Path, required=True, help="extract-embeddings output")
-    _first_stage(sub)
+    _path(sub, "--embeddings", "embeddings_dir", "extract-embeddings output")
+    _first_stage(sub, dest="first_stage_dir")
     sub.add_argument("--image-size", type=int, required=True, help="LDM input size in pixels")
     sub.add_argument("--out-dir", type=Path, required=True)
     sub.add_argument("--batch-size", type=int, default=64)
@@ -338,8 +286,8 @@ def add_encode_latents(sub: argparse.ArgumentParser) -> None:
 
 
 def add_train_ldm(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--latents", type=Path, required=True, help="encode-latents output")
-    sub.add_argument("--out", type=Path, required=True, help="ADMIS-format EMA checkpoint")
+    _path(sub, "--latents", "latents_dir", "encode-latents output")
+    _path(sub, "--out", "out_checkpoint", "ADMIS-format EMA checkpoint")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints and previews")
     _settings_option(sub, "ldm training config")
     _first_stage(sub, required=False, help="VQ-f4 folder, for preview grids")
@@ -347,29 +295,29 @@ def add_train_ldm(sub: argparse.ArgumentParser) -> None:
 
 
 def add_check_identity(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--ldm", type=Path, required=True, help="LDM checkpoint (+ .json)")
+    _ldm(sub, help="LDM checkpoint (+ .json)")
     _first_stage(sub)
     sub.add_argument("--embedding-weights", type=Path, required=True, help="backbone (+ .json)")
-    sub.add_argument("--contexts", type=Path, required=True, help="embeddings of held-out faces")
-    sub.add_argument("--out", type=Path, required=True, help="JSON (a PNG grid goes beside it)")
+    _path(sub, "--contexts", "contexts_dir", "embeddings of held-out faces")
+    _path(sub, "--out", "out_json", "JSON (a PNG grid goes beside it)")
     _settings_option(sub, "num_contexts, samples_per_context, steps, batch_size")
     _threads(sub)
 
 
 def add_pack_demo_weights(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--embedding-weights", type=Path, required=True)
-    _first_stage(sub)
-    sub.add_argument("--ldm", type=Path, required=True)
+    _first_stage(sub, dest="first_stage_dir")
+    _ldm(sub)
     sub.add_argument("--identity-check", type=Path, required=True)
     _settings_option(sub, "the config they fit")
     sub.add_argument("--commands", type=Path, help="JSON list of the commands that made them")
-    sub.add_argument("--benchmarks", type=Path, required=True, help="Snakemake benchmark tsvs")
+    _path(sub, "--benchmarks", "benchmarks_dir", "Snakemake benchmark tsvs")
     sub.add_argument("--made-on", default="", help="the machine, in words")
-    sub.add_argument("--out", type=Path, required=True)
+    _path(sub, "--out", "out_dir")
 
 
 def add_identity_consistency(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--embeddings", type=Path, required=True, help="extract-embeddings output")
+    _path(sub, "--embeddings", "embeddings_dir", "extract-embeddings output")
     sub.add_argument("--manifest", type=Path, required=True, help="the manifest it was made from")
     sub.add_argument("--out-json", type=Path, required=True)
     sub.add_argument("--out-png", type=Path, required=True, help="score histograms")
@@ -378,7 +326,7 @@ def add_identity_consistency(sub: argparse.ArgumentParser) -> None:
 
 
 def add_synthesize(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--ldm", type=Path, required=True, help="LDM checkpoint (+ .json)")
+    _ldm(sub, help="LDM checkpoint (+ .json)")
     _first_stage(sub)
     sub.add_argument("--contexts", type=Path, required=True, help="(N, 512) unit rows, .npy")
     sub.add_argument("--first", type=int, required=True, help="first identity (context row)")
@@ -400,7 +348,7 @@ def add_make_contexts(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--face-size", type=int, default=112)
     sub.add_argument("--steps", type=int, default=50, help="sampling steps")
     sub.add_argument("--batch-size", type=int, default=100)
-    sub.add_argument("--ldm", type=Path, help="ldm: the LDM checkpoint (+ .json)")
+    _ldm(sub, required=False, help="ldm: the LDM checkpoint (+ .json)")
     _first_stage(sub, required=False, help="ldm: the VQ-f4 folder")
     sub.add_argument("--model-dir", type=Path, help="diffusers: unconditional UNet folder")
     sub.add_argument("--images", type=Path, help="database: folder of context faces")
@@ -411,9 +359,9 @@ def add_make_contexts(sub: argparse.ArgumentParser) -> None:
 
 
 def add_select_contexts(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--candidates", type=Path, required=True, help="candidate embeddings")
-    sub.add_argument("--manifest", type=Path, required=True, help="candidate faces")
-    sub.add_argument("--ldm", type=Path, required=True)
+    _path(sub, "--candidates", "candidates_dir", "candidate embeddings")
+    _path(sub, "--manifest", "candidates_manifest", "candidate faces")
+    _ldm(sub)
     _first_stage(sub)
     sub.add_argument("--embedding-weights", type=Path, required=True)
     sub.add_argument("--out-dir", type=Path, required=True)
@@ -422,19 +370,25 @@ def add_select_contexts(sub: argparse.ArgumentParser) -> None:
 
 
 def add_set_manifest(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--out", type=Path, required=True)
+    _path(sub, "--out", "out_manifest")
     sub.add_argument("--identities", type=int, required=True)
-    sub.add_argument("--images", type=Path, help="synthesized <id>/<k>.png folder")
-    sub.add_argument("--faces", type=Path, help="context faces manifest")
+    _path(sub, "--images", "images_dir", "synthesized <id>/<k>.png folder", required=False)
+    _path(sub, "--faces", "faces_manifest", "context faces manifest", required=False)
     sub.add_argument("--repeats", type=int, default=0, help="copies of each context face")
-    sub.add_argument("--synthetic-out", type=Path, help="manifest of the generated images only")
+    _path(
+        sub,
+        "--synthetic-out",
+        "synthetic_manifest",
+        "manifest of the generated images only",
+        required=False,
+    )
 
 
 def add_results_table(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--row", type=_named_path, action="append", required=True)
+    sub.add_argument("--row", type=_named_path, action="append", required=True, dest="evaluations")
     sub.add_argument("--markdown", type=Path, required=True)
-    sub.add_argument("--csv", type=Path, required=True)
-    sub.add_argument("--json", type=Path, required=True)
+    _path(sub, "--csv", "csv_path")
+    _path(sub, "--json", "json_path")
 
 
 Handler = Callable[[argparse.Namespace], None]

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from synface.io.images import to_uint8
 from synface.io.manifest import ManifestEntry, read_manifest, write_manifest
 from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces, stage_device
 from synface.ldm.sampling import image_noise, sample_latents
-from synface.settings import from_settings
+from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ def import_admis_embeddings(
 
 
 @dataclass(frozen=True)
-class SelectionConfig:
+class SelectionConfig(StageSettings, section="contexts.selection"):
     """How contexts are filtered (config section ``contexts.selection``, defaults in the
     schema; ``identities`` comes from the sets); thresholds are cosines under the embedding
     model."""
@@ -187,10 +186,6 @@ class SelectionConfig:
     steps: int
     seed: int
     batch_size: int
-
-    @classmethod
-    def from_settings(cls, values: dict[str, Any]) -> SelectionConfig:
-        return from_settings(cls, values, "contexts.selection")
 
 
 @dataclass

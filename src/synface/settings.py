@@ -13,7 +13,7 @@ import dataclasses
 import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import yaml
 
@@ -24,6 +24,26 @@ T = TypeVar("T")
 
 class SettingsError(ValueError):
     """Settings that do not fit the stage: unknown or missing keys, named."""
+
+
+class StageSettings:
+    """Base of a stage's settings dataclass: ``from_settings`` reads the section it names.
+
+    ``@dataclass(frozen=True) class X(StageSettings, section="ldm.train")`` gives
+    ``X.from_settings(values)``; a class whose values hold nested settings converts them and
+    calls ``super().from_settings``.
+    """
+
+    section: ClassVar[str]
+
+    def __init_subclass__(cls, section: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.section = section
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> Self:
+        """The settings from ``values`` over the schema defaults of the class's section."""
+        return from_settings(cls, values, cls.section)
 
 
 @functools.cache

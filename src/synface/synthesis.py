@@ -46,7 +46,7 @@ from synface.ldm.faces import FaceGenerator, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
 from synface.ldm.sampling import SAMPLERS
 from synface.models.vq_f4 import DECODER_FILE
-from synface.settings import from_settings
+from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ JOURNAL_SUFFIX = ".running"
 
 
 @dataclass(frozen=True)
-class SynthesisSettings:
+class SynthesisSettings(StageSettings, section="synthesis"):
     """How faces are sampled (config section ``synthesis``; defaults in the schema)."""
 
     seed: int
@@ -85,10 +85,6 @@ class SynthesisSettings:
                 "global RNG in sample_latents, so faces would depend on how jobs are batched "
                 "(DESIGN.md §2); set eta to 0 (ADMIS, generative.md §12.2)"
             )
-
-    @classmethod
-    def from_settings(cls, values: dict[str, Any]) -> SynthesisSettings:
-        return from_settings(cls, values, "synthesis")
 
     def sampling(self) -> dict[str, Any]:
         """What the pixels depend on (the batch size does not: module docstring)."""

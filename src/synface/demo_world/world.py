@@ -38,7 +38,7 @@ from synface.demo_world.render import (
 )
 from synface.io import atomic
 from synface.io.binpack import write_bin
-from synface.settings import from_settings, schema_defaults
+from synface.settings import StageSettings, from_settings, schema_defaults
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class BenchmarkSpec:
 
 
 @dataclass(frozen=True)
-class DemoWorldConfig:
+class DemoWorldConfig(StageSettings, section="demo_world"):
     """Everything that determines the demo world's bytes; built by `from_settings`, which
     takes the defaults from config ``demo_world``'s schema."""
 
@@ -154,7 +154,7 @@ class DemoWorldConfig:
                 "{lfw: {pairs_per_fold: 30}}"
             )
         values["benchmarks"] = {name: _benchmark(name, spec) for name, spec in packs.items()}
-        return from_settings(cls, values, "demo_world")
+        return super().from_settings(values)
 
     def to_dict(self) -> dict[str, Any]:
         """The inverse of `from_settings`, JSON-ready."""

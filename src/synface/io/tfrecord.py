@@ -8,12 +8,12 @@ instead of as a garbled JPEG deep inside a DataLoader worker.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO
 
 import crc32c
@@ -207,7 +207,28 @@ def shard_path(data_root: Path, tfr_name: str, shard: int) -> Path:
     return Path(data_root) / tfr_name / f"{tfr_name}-{shard:05d}.tfrecord"
 
 
-class ShardWriter:
+class _ClosedOnExit(contextlib.AbstractContextManager):
+    """``with`` support shared by the writer and the reader: leaving the block closes the object.
+
+    When an exception leaves the block, ``_abandon`` runs instead of ``close``; the writer
+    overrides it to remove its unfinished files, the reader just closes its handles.
+    """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release every file; a writer's files are put in place."""
+
+    def _abandon(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if exc_info[0] is None:
+            self.close()
+        else:
+            self._abandon(*exc_info)
+
+
+class ShardWriter(_ClosedOnExit):
     """Write a TFace dataset directory: numbered shards plus the `<name>.index` map (§1.2).
 
     The index line stores `img_path` verbatim, so later steps (convert_new_index-style label
@@ -232,20 +253,10 @@ class ShardWriter:
         self._offset = 0
         self._in_shard = 0
 
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            self.close()
-            return
+    def _abandon(self, *exc_info: Any) -> None:
+        """Close the files and let ``atomic_path`` remove them: nothing half-written stays."""
         self._close_files()
-        self._files.__exit__(exc_type, exc, tb)
+        self._files.__exit__(*exc_info)
 
     def _open(self, path: Path, mode: str) -> Any:
         tmp = self._files.enter_context(atomic_path(path))
@@ -300,7 +311,7 @@ def _check_field(what: str, value: str) -> None:
 # --- Reading ------------------------------------------------------------------------------------
 
 
-class RecordReader:
+class RecordReader(_ClosedOnExit):
     """Random-access record reader with one cached file handle per shard.
 
     Handles are opened lazily and dropped on pickling, so a reader built in the main process can
@@ -315,17 +326,6 @@ class RecordReader:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self._handles = {}
-
-    def __enter__(self) -> RecordReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def read_payload(self, shard_path: Path, offset: int) -> bytes:
         """Read the record starting at `offset`, verifying both masked CRCs."""

@@ -21,7 +21,7 @@ from synface import __version__, checkpoint, runtime
 from synface.io.atomic import write_json
 from synface.ldm.data import ImageBank, step_generator
 from synface.models.vq_f4 import DECODER_FILE, ENCODER_FILE, VQDecoder, VQEncoder, load_first_stage
-from synface.settings import from_settings
+from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class FirstStage:
 
 
 @dataclass(frozen=True)
-class AutoencoderTrainConfig:
+class AutoencoderTrainConfig(StageSettings, section="first_stage.train"):
     """Demo-world first-stage training (config ``first_stage.train`` plus the spec and the LDM's
     image size); the loss is the VQ-VAE objective with the reference quantiser's commitment
     weight ``beta`` (§2.2)."""
@@ -119,7 +119,7 @@ class AutoencoderTrainConfig:
         values = dict(settings)
         if "spec" in values:
             values["spec"] = FirstStageSpec(**values["spec"])
-        return from_settings(cls, values, "first_stage.train")
+        return super().from_settings(values)
 
     def fingerprint(self, data: str) -> dict[str, str]:
         """The run's inputs (see `checkpoint.fingerprint`); the spec is the architecture.

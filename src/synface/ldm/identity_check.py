@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from torchvision.utils import save_image
 from synface.io.atomic import atomic_path, write_json
 from synface.io.embeddings import read_embeddings
 from synface.ldm.faces import FaceEmbedder, FaceGenerator
-from synface.settings import from_settings
+from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def retrieval(sample_embeddings: torch.Tensor, contexts: torch.Tensor) -> Identi
 
 
 @dataclass(frozen=True)
-class IdentityCheckSettings:
+class IdentityCheckSettings(StageSettings, section="ldm.identity_check"):
     """How the check samples (config section ``ldm.identity_check``; defaults in the schema)."""
 
     num_contexts: int
@@ -64,10 +63,6 @@ class IdentityCheckSettings:
     guidance_scale: float
     seed: int
     batch_size: int
-
-    @classmethod
-    def from_settings(cls, values: dict[str, Any]) -> IdentityCheckSettings:
-        return from_settings(cls, values, "ldm.identity_check")
 
 
 @torch.inference_mode()

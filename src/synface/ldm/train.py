@@ -33,7 +33,7 @@ from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
 from synface.ldm.sampling import make_sampler, sample_latents
 from synface.models import build_model
 from synface.models.admis_checkpoint import admis_ddpm_scheduler, save_admis_checkpoint
-from synface.settings import from_settings
+from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ PREVIEW_STREAM = 1 << 20
 
 
 @dataclass(frozen=True)
-class LDMTrainConfig:
+class LDMTrainConfig(StageSettings, section="ldm.train"):
     """``unet`` holds the reference yaml keys; the rest is config ``ldm.train``, whose schema
     defaults are ADMIS's recipe (specs §5)."""
 
@@ -67,10 +67,6 @@ class LDMTrainConfig:
     preview_every: int
     preview_contexts: int
     preview_samples: int
-
-    @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> LDMTrainConfig:
-        return from_settings(cls, settings, "ldm.train")
 
     def fingerprint(self, data: str) -> dict[str, str]:
         """The run's inputs (see `checkpoint.fingerprint`); the UNet keys are the architecture."""
