@@ -16,6 +16,7 @@ import torch
 from reference_weights import fill_state_dict, load_fixture
 from torch import nn
 
+from synface.ldm import sampling
 from synface.ldm.sampling import image_noise, make_sampler, sample_latents
 from synface.models import build_model
 from synface.models.admis_checkpoint import admis_ddpm_scheduler
@@ -141,3 +142,18 @@ def test_ddim_admis_follows_the_reference_loop_in_float64(
     assert latents.dtype == torch.float32
     error = (latents.double() - expected).abs().max()
     assert error <= ADMIS_RTOL * expected.abs().max(), error
+
+
+@pytest.mark.parametrize(("kind", "autocast_steps"), [("ddim", 3), ("ddim_admis", 0)])
+def test_only_ddim_admis_keeps_the_unet_in_fp32(
+    kind: str, autocast_steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference samples in fp32; the other samplers use bf16 autocast on CUDA, which is
+    a no-op on this CPU, so its use is counted instead."""
+    entered = []
+    autocast = sampling.runtime.autocast
+    monkeypatch.setattr(sampling.runtime, "autocast", lambda d: entered.append(d) or autocast(d))
+    scheduler = make_sampler(dict(admis_ddpm_scheduler().config), kind)
+    noise = image_noise(0, 0, 0, (3, 4, 4))[None]
+    sample_latents(KnownPredictions(), scheduler, noise, torch.zeros(1, 8), steps=3)
+    assert len(entered) == autocast_steps

@@ -9,6 +9,8 @@ empty context (``dropout_mask`` True), which it learns through whole-context dro
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
@@ -37,7 +39,8 @@ class AdmisDDIMScheduler(DDIMScheduler):
       kept so that a float32 run follows the reference's own float32 run.
 
     As in the reference (and ``ddim``), x̂₀ is not clipped. Only η = 0 is implemented: the
-    reference's samples use η = 0, and its η > 0 noise comes from a global RNG.
+    reference's samples use η = 0, and its η > 0 noise comes from a global RNG. Under this
+    sampler ``sample_latents`` runs the UNet in fp32 on CUDA too, as the reference does.
     """
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None) -> None:
@@ -110,7 +113,7 @@ def sample_latents(
     batch = x.shape[0]
     guided = contexts is not None and guidance_scale != 1.0
     for t in scheduler.timesteps:
-        with runtime.autocast(device):
+        with _unet_precision(scheduler, device):
             if contexts is None:
                 eps = unet(x, t)
             elif guided:
@@ -123,6 +126,14 @@ def sample_latents(
         kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
         x = scheduler.step(eps.float(), t, x, **kwargs).prev_sample
     return x
+
+
+def _unet_precision(scheduler: SchedulerMixin, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA (``runtime.autocast``), except under ``ddim_admis``: the reference
+    samples in fp32, and reproducing its images is that sampler's purpose."""
+    if isinstance(scheduler, AdmisDDIMScheduler):
+        return nullcontext()
+    return runtime.autocast(device)
 
 
 def image_noise(seed: int, identity: int, k: int, shape: tuple[int, ...]) -> torch.Tensor:
