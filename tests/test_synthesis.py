@@ -126,6 +126,18 @@ def test_padded_batches_give_bitwise_equal_latents(
     assert torch.equal(latents(jobs), split)
 
 
+def test_a_shard_samples_with_the_reference_ddim(tmp_path: Path) -> None:
+    """``synthesis.sampler: ddim_admis`` reaches the sampler: the faces differ from ``ddim``'s
+    (same seed, steps and timesteps; only the reference's ᾱ_prev differs)."""
+    _synthesize(tmp_path / "admis", range(2), images_per_identity=2, sampler="ddim_admis")
+    _synthesize(tmp_path / "ddim", range(2), images_per_identity=2)
+    admis, ddim = _files(tmp_path / "admis"), _files(tmp_path / "ddim")
+    assert len(admis) == 4 and admis.keys() == ddim.keys()
+    assert all(admis[name] != ddim[name] for name in admis)
+    recorded = json.loads((tmp_path / "admis" / SETTINGS_FILE).read_text())
+    assert recorded["sampler"] == "ddim_admis"
+
+
 # The synthesize stage as its own process, so that SIGKILL hits it mid-shard.
 KILLABLE = """
 import sys, numpy as np

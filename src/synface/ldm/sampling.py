@@ -1,21 +1,83 @@
 """Denoising loops over diffusers schedulers (STYLE.md "For synface" 8).
 
 The model knows nothing about noise; the scheduler owns the maths (DDIM: Song et al. 2021,
-eq. 12); this module only runs the loop, with optional classifier-free guidance
+eq. 12; ``ddim_admis``: the ADMIS reference's variant of it, ``AdmisDDIMScheduler``); this
+module only runs the loop, with optional classifier-free guidance
 (ε = ε_u + w·(ε_c − ε_u), Ho & Salimans 2022, §3.2). The unconditional branch is the model's
 empty context (``dropout_mask`` True), which it learns through whole-context dropout.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from torch import nn
 
 from synface import runtime
 from synface.ldm.data import step_generator
 
-SAMPLERS = ("ddim", "dpmsolver++")
+SAMPLERS = ("ddim", "ddim_admis", "dpmsolver++")
+
+
+class AdmisDDIMScheduler(DDIMScheduler):
+    """DDIM with the ADMIS reference's arithmetic, to reproduce the images of its released
+    checkpoint (``generative_model_training/models/diffusion/ddpm.py``, ``sample_ddim``).
+
+    The reference deviates from textbook DDIM (Song et al. 2021, eq. 12), which ``ddim`` is:
+
+    - ᾱ_prev of the step at t is ᾱ[t − skip − 1], not ᾱ[t − skip], and 1.0 once t − skip ≤ 0:
+      the step from t = skip already lands on the predicted x₀ (textbook: on ᾱ[0]), and the
+      last step, at t = 0, takes that estimate to x₀ once more (as textbook DDIM does).
+    - Timesteps are ``range(0, T, T // steps)`` from the top, whatever the training
+      scheduler's spacing says; when T is not a multiple of ``steps`` that is more model calls
+      than ``steps`` (T = 1000, 30 steps: skip 33, 31 calls).
+    - ᾱ is exp(cumsum(log(1 − β))) in float32, and ε is re-derived from x̂₀ before the
+      direction term; both differ from diffusers' arithmetic by float32 rounding only, and are
+      kept so that a float32 run follows the reference's own float32 run.
+
+    As in the reference (and ``ddim``), x̂₀ is not clipped. Only η = 0 is implemented: the
+    reference's samples use η = 0, and its η > 0 noise comes from a global RNG. Under this
+    sampler ``sample_latents`` runs the UNet in fp32 on CUDA too, as the reference does.
+    """
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device = None) -> None:
+        """The reference's timesteps and ᾱ (class docstring); ``num_inference_steps`` becomes
+        the number of model calls."""
+        train_steps = self.config.num_train_timesteps
+        if not 1 <= num_inference_steps <= train_steps:
+            raise ValueError(
+                f"ddim_admis: {num_inference_steps} steps; choose 1 to {train_steps} (the "
+                "number of training timesteps)"
+            )
+        self.skip = train_steps // num_inference_steps
+        self.timesteps = torch.arange(0, train_steps, self.skip).flip(0).to(device)
+        self.num_inference_steps = len(self.timesteps)
+        self.alphas_cumprod = torch.cumsum(torch.log(self.alphas), dim=0).exp()
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | torch.Tensor,
+        sample: torch.Tensor,
+        eta: float = 0.0,
+        return_dict: bool = True,
+    ) -> DDIMSchedulerOutput | tuple:
+        """One reference step from ``timestep`` (η = 0): x_prev = √ᾱ_prev·x̂₀ + √(1−ᾱ_prev)·ε."""
+        if eta != 0:
+            raise ValueError(f"ddim_admis implements only eta = 0 (the reference's), got {eta}")
+        t = int(timestep)
+        alpha = self.alphas_cumprod[t]
+        shifted = t - self.skip - 1  # the reference's off-by-one (class docstring)
+        alpha_prev = self.alphas_cumprod[shifted] if shifted >= 0 else torch.tensor(1.0)
+        x0 = (sample - (1 - alpha) ** 0.5 * model_output) / alpha**0.5
+        eps = (sample - alpha**0.5 * x0) / (1 - alpha) ** 0.5
+        prev = alpha_prev**0.5 * x0 + (1 - alpha_prev) ** 0.5 * eps
+        if not return_dict:
+            return (prev, x0)
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
 
 def make_sampler(training_config: dict, kind: str = "ddim") -> SchedulerMixin:
@@ -25,6 +87,8 @@ def make_sampler(training_config: dict, kind: str = "ddim") -> SchedulerMixin:
     # §12), and VQ latents are not confined to [-1, 1] (the demo codebook reaches 1.1).
     if kind == "ddim":
         return DDIMScheduler.from_config(training_config, clip_sample=False)
+    if kind == "ddim_admis":
+        return AdmisDDIMScheduler.from_config(training_config, clip_sample=False)
     if kind == "dpmsolver++":
         return DPMSolverMultistepScheduler.from_config(
             training_config, algorithm_type="dpmsolver++", thresholding=False
@@ -49,7 +113,7 @@ def sample_latents(
     batch = x.shape[0]
     guided = contexts is not None and guidance_scale != 1.0
     for t in scheduler.timesteps:
-        with runtime.autocast(device):
+        with _unet_precision(scheduler, device):
             if contexts is None:
                 eps = unet(x, t)
             elif guided:
@@ -62,6 +126,14 @@ def sample_latents(
         kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
         x = scheduler.step(eps.float(), t, x, **kwargs).prev_sample
     return x
+
+
+def _unet_precision(scheduler: SchedulerMixin, device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA (``runtime.autocast``), except under ``ddim_admis``: the reference
+    samples in fp32, and reproducing its images is that sampler's purpose."""
+    if isinstance(scheduler, AdmisDDIMScheduler):
+        return nullcontext()
+    return runtime.autocast(device)
 
 
 def image_noise(seed: int, identity: int, k: int, shape: tuple[int, ...]) -> torch.Tensor:
