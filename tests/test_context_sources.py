@@ -165,6 +165,8 @@ def test_a_context_database_with_admis_embeddings_runs(micro_run: Path, tmp_path
     face_size = yaml.safe_load(BASE.read_text())["face_size"]
     embeddings = _write_context_database(workdir, faces=7, dim=512, face_size=face_size)
     diff = _diff(workdir, SOURCES["database_embed_npy"])
+    # New contexts: the pool refuses to mix them with its faces until it is deleted by hand.
+    shutil.rmtree(workdir / "results/synthetic/pools/selected-2/images")
     result = snakemake(
         workdir, "results/datasets/syn_100/manifest.tsv", configfiles=(BASE, MICRO, diff)
     )
