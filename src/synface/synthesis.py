@@ -83,7 +83,7 @@ class SynthesisSettings:
             raise ValueError(
                 f"synthesis.eta={self.eta}: DDIM's per-step noise for eta > 0 comes from torch's "
                 "global RNG in sample_latents, so faces would depend on how jobs are batched "
-                "(DESIGN.md §2); set eta to 0 (ADMIS, generative.md §12.2)"
+                "(ADMIS samples with eta 0); set eta to 0"
             )
 
     @classmethod

@@ -93,7 +93,8 @@ def read_admis_embeddings(embed_npy: Path, names_pkl: Path) -> tuple[np.ndarray,
     except ValueError as error:
         raise ValueError(
             f"{embed_npy}: not a plain numpy array file ({error}); IDiff-Face's torch-pickled "
-            f"'.npy' files are a different format (generative.md §10.2)"
+            "'.npy' files (a torch.save'd tensor) are a different format: load one with "
+            "torch.load and write it with numpy.save"
         ) from error
     names = load_restricted(names_pkl, {}, _ADMIS_NAMES_REFUSAL)
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):

@@ -175,7 +175,7 @@ def decode_image_example(payload: bytes, where: str) -> bytes:
             return _first_bytes_value(entry, where)
     raise RecordFormatError(
         f"{where}: the Example has no '{IMAGE_KEY}' feature; TFace records store the JPEG under "
-        f"that key (recognition.md §1.4)"
+        "that key, as a bytes list"
     )
 
 
