@@ -96,7 +96,7 @@ def resize_faces(images: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def embed_faces(embedder: nn.Module, images: torch.Tensor, face_size: int) -> torch.Tensor:
-    """L2-normalised single-view embeddings of uint8 faces (as ADMIS embeds contexts, §11)."""
+    """L2-normalised single-view embeddings of uint8 faces (as ADMIS embeds contexts)."""
     device = next(embedder.parameters()).device
     faces = normalize(resize_faces(images, face_size)).to(device)
     with runtime.autocast(device):
