@@ -461,7 +461,9 @@ def check_demo_weights():
 
 def missing(path, key, fix):
     """A preflight problem when ``path`` (from config key ``key``) is not there, else None."""
-    if path and Path(path).exists():
+    if not path:
+        return f"{key}: not set. {fix}"
+    if Path(path).exists():
         return None
     return f"{key}: '{path}' not found. {fix}"
 

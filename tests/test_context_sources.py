@@ -109,6 +109,13 @@ def test_sets_on_uniform_contexts_plan_no_context_source(tmp_path: Path) -> None
     assert not candidates and not embedded
 
 
+def test_an_unset_diffusers_folder_is_named(tmp_path: Path) -> None:
+    values = {"contexts": {"source": "unconditional", "generator": "diffusers"}}
+    result = _plan(tmp_path, values)
+    assert result.returncode != 0
+    assert "contexts.model_dir: not set. Put a diffusers" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("source", "missing"),
     [
