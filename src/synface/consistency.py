@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 MAX_IMPOSTOR_PAIRS = 200_000
 # Rows per chunk of impostor dot products: bounds the gathered pair rows to a few tens of MB.
 IMPOSTOR_CHUNK = 8192
-# pyeer's operating points: FNMR where FMR is closest to 1 % and to 0.1 % (§16).
+# pyeer's operating points: FNMR where FMR is closest to 1 % and to 0.1 %.
 FMR100, FMR1000 = 0.01, 0.001
 
 # Histogram figure. 100 bins on [-1, 1] as `plot_ffhq_experiments.py` draws them; colours are
@@ -79,7 +79,7 @@ class PairScores:
 
 @dataclass(frozen=True)
 class ConsistencyReport:
-    """The identity-consistency figures IDiff-Face reports (specs/generative.md §16).
+    """The identity-consistency figures IDiff-Face reports.
 
     Rates are fractions in [0, 1]. A pair is accepted when its score is ≥ the threshold, as in
     pyeer. `fmr100` / `fmr1000` keep pyeer's names: the FNMR at the threshold whose FMR is

@@ -1,6 +1,6 @@
-"""The ``synthesize`` stage: faces for one shard of identities (generative.md §12.2, §14).
+"""The ``synthesize`` stage: faces for one shard of identities.
 
-A face is a pure function of (settings, context row i, seed, i, k) (DESIGN.md §2), so a shard
+A face is a pure function of (settings, context row i, seed, i, k), so a shard
 batches (i, k) jobs across identities, and the PNGs are the same bytes whatever the shard split
 or batch size. Beyond per-job noise that needs the model to run under inference mode with no
 batch smaller than ``MIN_ROWS``: oneDNN and MKL switch to other convolution and GEMM kernels for

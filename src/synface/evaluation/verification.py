@@ -1,4 +1,4 @@
-"""The insightface 10-fold verification protocol (specs/evaluation.md §2), reproduced exactly.
+"""The insightface 10-fold verification protocol, reproduced exactly.
 
 Published LFW/CFP-FP/AgeDB numbers (ADMIS, FRCSyn) come from this procedure; any deviation in
 thresholds, fold boundaries, tie-breaking or the strict `<` shifts accuracies in the third
@@ -17,7 +17,7 @@ DEFAULT_NFOLDS = 10
 
 
 def l2_normalize(x: ArrayLike) -> NDArray[np.float64]:
-    """Row-wise L2 normalisation; zero rows stay zero, as with sklearn's `normalize` (§2)."""
+    """Row-wise L2 normalisation; zero rows stay zero, as with sklearn's `normalize`."""
     arr = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(arr, axis=-1, keepdims=True)
     return arr / np.where(norms == 0, 1.0, norms)
@@ -45,7 +45,7 @@ def kfold_accuracy(
     """Return (mean accuracy, population std over folds, mean best threshold).
 
     Each fold's threshold is the first maximiser of accuracy on the other folds, and the
-    prediction is "same" iff the squared distance is strictly below it (§2).
+    prediction is "same" iff the squared distance is strictly below it.
     """
     e1 = np.asarray(emb1, dtype=np.float64)
     e2 = np.asarray(emb2, dtype=np.float64)

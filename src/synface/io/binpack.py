@@ -1,6 +1,6 @@
 """insightface verification packs (`lfw.bin`, `cfp_fp.bin`, ...), read safely and written portably.
 
-A pack is a pickle of `(images, issame)` (specs/evaluation.md §1). Packs are downloaded from
+A pack is a pickle of `(images, issame)`. Packs are downloaded from
 third-party mirrors, and unpickling can run arbitrary code, so reading goes through
 `synface.io.pickles.load_restricted`, resolving only the numpy globals that rebuild uint8 arrays.
 """
@@ -17,7 +17,7 @@ from numpy._core.multiarray import _reconstruct
 from synface.io.atomic import atomic_path
 from synface.io.pickles import load_restricted
 
-# Protocol 4 is readable by every Python 3 loader TFace, insightface and ElasticFace use (§1).
+# Protocol 4 is readable by every Python 3 loader TFace, insightface and ElasticFace use.
 WRITE_PROTOCOL = 4
 
 

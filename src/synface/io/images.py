@@ -77,7 +77,7 @@ class BadImageError(ValueError):
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float [-1, 1], i.e. (x − 127.5)/127.5: how TFace, insightface,
-    ElasticFace and the LDM's first stage all expect faces (generative.md §4.2, §11)."""
+    ElasticFace and the LDM's first stage all expect faces."""
     return images.float().div_(127.5).sub_(1.0)
 
 

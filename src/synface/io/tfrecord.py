@@ -20,14 +20,14 @@ import crc32c
 
 from synface.io.atomic import atomic_path
 
-# --- Record framing (recognition.md §1.4) -------------------------------------------------------
+# --- Record framing -------------------------------------------------------
 # uint64 little-endian payload length.
 LENGTH_SIZE = 8
 # uint32 little-endian masked CRC-32C, once over the 8 length bytes and once over the payload.
 CRC_SIZE = 4
 # What precedes the payload: length + its CRC.
 HEADER_SIZE = LENGTH_SIZE + CRC_SIZE
-# Bytes per record beyond the payload: the "+16" in the TFace index offsets (§1.2).
+# Bytes per record beyond the payload: the "+16" in the TFace index offsets.
 RECORD_OVERHEAD = LENGTH_SIZE + 2 * CRC_SIZE
 # Added after rotating the CRC so that CRCs of data containing CRCs stay well distributed.
 MASK_DELTA = 0xA282EAD8
@@ -35,10 +35,10 @@ _UINT32 = 0xFFFFFFFF
 _LENGTH_STRUCT = struct.Struct("<Q")
 _CRC_STRUCT = struct.Struct("<I")
 
-# --- Layout of a TFace dataset (recognition.md §1.2) --------------------------------------------
+# --- Layout of a TFace dataset --------------------------------------------
 # TFace's img2tfrecord.py starts a new shard every 500,000 records.
 RECORDS_PER_SHARD = 500_000
-# The single feature key TFace's parser reads (§1.4); other keys (ADMIS's `label`) are ignored.
+# The single feature key TFace's parser reads; other keys (ADMIS's `label`) are ignored.
 IMAGE_KEY = "image"
 
 # --- Protobuf wire format (tf.train.Example, §1.4) ----------------------------------------------
@@ -69,7 +69,7 @@ class IndexFormatError(ValueError):
 
 
 def masked_crc32c(data: bytes) -> int:
-    """CRC-32C of `data`, masked the way TFRecord stores it (§1.4)."""
+    """CRC-32C of `data`, masked the way TFRecord stores it."""
     crc = crc32c.crc32c(data)
     rotated = ((crc >> 15) | (crc << 17)) & _UINT32
     return (rotated + MASK_DELTA) & _UINT32
@@ -203,12 +203,12 @@ class RecordLocation:
 
 
 def shard_path(data_root: Path, tfr_name: str, shard: int) -> Path:
-    """Path of a shard as TFace resolves it: DATA_ROOT/<name>/<name>-%05d.tfrecord (§1.3)."""
+    """Path of a shard as TFace resolves it: DATA_ROOT/<name>/<name>-%05d.tfrecord."""
     return Path(data_root) / tfr_name / f"{tfr_name}-{shard:05d}.tfrecord"
 
 
 class ShardWriter:
-    """Write a TFace dataset directory: numbered shards plus the `<name>.index` map (§1.2).
+    """Write a TFace dataset directory: numbered shards plus the `<name>.index` map.
 
     The index line stores `img_path` verbatim, so later steps (convert_new_index-style label
     joins) can map source images to records without re-reading the shards.
@@ -277,7 +277,7 @@ class ShardWriter:
         self._index.close()
 
     def _current_shard_file(self) -> BinaryIO:
-        """The open shard, rolling over to a new one when the current one is full (§1.2)."""
+        """The open shard, rolling over to a new one when the current one is full."""
         if self._shard_file is not None and self._in_shard < self.records_per_shard:
             return self._shard_file
         if self._shard_file is not None:
@@ -380,7 +380,7 @@ def _verify_crc(data: bytes, stored: bytes, what: str, shard_path: Path, offset:
         )
 
 
-# --- Training index (recognition.md §1.3) -------------------------------------------------------
+# --- Training index -------------------------------------------------------
 
 _INDEX_COLUMNS = ("tfr_name", "shard", "offset", "label")
 
@@ -418,7 +418,7 @@ def read_training_index(path: Path) -> list[IndexEntry]:
 
 
 def _parse_index_line(line: str, path: Path, lineno: int) -> IndexEntry:
-    # TFace splits on tabs after a right-strip (§1.3); we do the same so that files it accepts
+    # TFace splits on tabs after a right-strip; we do the same so that files it accepts
     # parse identically.
     fields = line.rstrip().split("\t")
     if len(fields) != len(_INDEX_COLUMNS):

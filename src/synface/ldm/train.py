@@ -47,7 +47,7 @@ PREVIEW_STREAM = 1 << 20
 @dataclass(frozen=True)
 class LDMTrainConfig:
     """``unet`` holds the reference yaml keys; the rest is config ``ldm.train``, whose schema
-    defaults are ADMIS's recipe (specs §5)."""
+    defaults are ADMIS's recipe."""
 
     unet: dict[str, Any]
     num_train_timesteps: int

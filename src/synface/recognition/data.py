@@ -58,7 +58,7 @@ class RecordDataset(Dataset):
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """ADMIS training augmentation (recognition.md §3): flip, then an AdaFace-style crop
+    """ADMIS training augmentation: flip, then an AdaFace-style crop
     (config ``recognition.augment``; the schema holds the defaults)."""
 
     flip_p: float
