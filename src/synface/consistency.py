@@ -5,7 +5,7 @@ ElasticFace and comparing the cosine similarities of same-identity pairs (genuin
 cross-identity pairs (impostor): pyeer's EER, AUC, FMR100, FMR1000, the mean and standard
 deviation of both distributions, the Fisher discriminant ratio
 FDR = (μ_g − μ_i)² / (σ_g² + σ_i²) and a histogram of the two distributions
-(specs/generative.md §16; reference `evaluate.py`, `plot_ffhq_experiments.py`). The same figures
+(IDiff-Face's `evaluate.py`, `plot_ffhq_experiments.py`). The same figures
 describe any labelled set, real or synthetic, so they also show how far a synthetic set is from
 the real one it imitates.
 
@@ -220,7 +220,7 @@ def identity_consistency(
     max_impostor_pairs: int = MAX_IMPOSTOR_PAIRS,
     seed: int = 0,
 ) -> ConsistencyReport:
-    """`pair_scores` then `summarise`: the §16 figures of one labelled embedding set."""
+    """`pair_scores` then `summarise`: the consistency figures of one labelled embedding set."""
     return summarise(pair_scores(embeddings, labels, max_impostor_pairs, seed))
 
 

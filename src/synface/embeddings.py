@@ -1,7 +1,7 @@
 """Identity embeddings: the ElasticFace encoder as ONNX, batched extraction, ADMIS embedding files.
 
 The generative stage conditions on one L2-normalised ElasticFace-Arc (iresnet100) embedding per
-image (specs/generative.md §10–§11). Extraction runs under ONNX Runtime: one exported
+image. Extraction runs under ONNX Runtime: one exported
 file serves the CPU provider on a laptop and the CUDA provider on a GPU node, with no torch model
 code at extraction time. In the demo world the recognition backbone trained there plays
 ElasticFace's role through the same two steps.

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # Smaller batches are padded up to this many rows (see the module docstring).
 MIN_ROWS = 16
 SETTINGS_FILE = "settings.json"
-# Contexts are unit vectors (generative.md §12.2 re-normalises them); this catches raw embeddings.
+# Contexts are unit vectors (the reference re-normalises them); this catches raw embeddings.
 NORM_TOLERANCE = 1e-3
 
 
@@ -274,7 +274,7 @@ def synthesize_shard(
     (default ``out_dir/../shards/<start>-<stop>.json``), written last and atomically.
 
     Faces are decoded, clamped, quantised to uint8 and, when the LDM's size differs from
-    ``face_size``, resized with antialiasing (128 -> 112 px on real runs, §14).
+    ``face_size``, resized with antialiasing (128 -> 112 px on real runs).
     """
     if images_per_identity < 1 or face_size < 1:
         raise ValueError(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-# §2: `np.arange(0, 4, 0.01)`, 400 candidate thresholds on the squared L2 distance, whose range
-# on unit vectors is [0, 4]. Built with arange (not linspace) so the values match bit for bit.
+# insightface's `np.arange(0, 4, 0.01)`: 400 candidate thresholds on the squared L2 distance, whose
+# range on unit vectors is [0, 4]. Built with arange (not linspace) so the values match bit for bit.
 THRESHOLDS = np.arange(0, 4, 0.01)
 DEFAULT_NFOLDS = 10
 
@@ -27,7 +27,7 @@ def fold_bounds(n: int, nfolds: int) -> list[tuple[int, int]]:
     """Contiguous [start, stop) folds as sklearn `KFold(nfolds, shuffle=False)` makes them.
 
     The first `n % nfolds` folds get one extra item; with the official pair order this
-    reproduces the benchmark's published splits (§1, "Pair order").
+    reproduces the benchmark's published splits.
     """
     if nfolds < 2:
         raise ValueError(f"nfolds must be >= 2, got {nfolds}")

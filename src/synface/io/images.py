@@ -208,8 +208,8 @@ def _check_png_data(data: bytes, where: str) -> None:
 class ImageLoader:
     """Path → normalised (3, s, s) float32 tensor, resized to ``size`` when it differs.
 
-    Normalises first, then resizes the float tensor, as ADMIS's ElasticFace extraction does
-    (generative.md §11 step 2). A picklable callable, so DataLoader workers and thread pools
+    Normalises first, then resizes the float tensor, as ADMIS's ElasticFace extraction does.
+    A picklable callable, so DataLoader workers and thread pools
     can share it. Raises ``BadImageError``.
     """
 

@@ -1,6 +1,6 @@
 """TFace-compatible TFRecord shards, written and read without TensorFlow or protobuf.
 
-The byte layout follows specs/recognition.md §1: TFace's trainer (via DareBlopy) checks both
+The byte layout is TFace's: its trainer (via DareBlopy) checks both
 masked CRC-32Cs of every record, so a shard we write must carry correct CRCs, and a shard we read
 is checked the same way so that corruption surfaces as an error naming the shard and offset
 instead of as a garbled JPEG deep inside a DataLoader worker.
@@ -41,7 +41,7 @@ RECORDS_PER_SHARD = 500_000
 # The single feature key TFace's parser reads; other keys (ADMIS's `label`) are ignored.
 IMAGE_KEY = "image"
 
-# --- Protobuf wire format (tf.train.Example, §1.4) ----------------------------------------------
+# --- Protobuf wire format (tf.train.Example) ----------------------------------------------------
 # Every field we touch is "length-delimited" (wire type 2); the tag byte is field_number << 3 | 2.
 _WIRE_VARINT, _WIRE_FIXED64, _WIRE_LEN, _WIRE_FIXED32 = 0, 1, 2, 5
 # Example.features = 1, Features.feature (map entry) = 1, entry.key = 1, entry.value = 2,
@@ -108,7 +108,7 @@ def encode_image_example(jpeg: bytes) -> bytes:
     """Serialize `Example{features{feature{"image": bytes_list[jpeg]}}}` exactly as TFace writes it.
 
     Hand-encoded so that packing a dataset needs neither TensorFlow nor protobuf; the bytes match
-    protobuf's own serialization (test vector in §1.4).
+    protobuf's own serialization (tests/test_tfrecord.py holds a test vector).
     """
     bytes_list = _len_field(_FIELD_BYTES_VALUE, jpeg)
     feature = _len_field(_FIELD_BYTES_LIST, bytes_list)
@@ -304,7 +304,7 @@ class RecordReader:
     """Random-access record reader with one cached file handle per shard.
 
     Handles are opened lazily and dropped on pickling, so a reader built in the main process can
-    be shipped to DataLoader workers and each worker opens each shard once (as TFace does, §1.5).
+    be shipped to DataLoader workers and each worker opens each shard once (as TFace does).
     """
 
     def __init__(self) -> None:

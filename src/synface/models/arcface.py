@@ -1,7 +1,7 @@
 """ArcFace margin head with TFace's maths, on one full classifier.
 
-TFace shards the classifier column-wise across ranks and computes the softmax across shards
-(§6); on one process that reduces to this module followed by `torch.nn.functional.cross_entropy`.
+TFace shards the classifier column-wise across ranks and computes the softmax across shards;
+on one process that reduces to this module followed by `torch.nn.functional.cross_entropy`.
 The `kernel` name and its (embedding_size, num_classes) shape match TFace's head checkpoints.
 """
 

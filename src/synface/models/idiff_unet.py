@@ -1,4 +1,4 @@
-"""IDiff-Face / ADMIS denoising UNet `ConditionalUNet`, re-implemented from specs/generative.md §3.
+"""IDiff-Face / ADMIS denoising UNet `ConditionalUNet`, re-implemented from the reference.
 
 The parameter layout reproduces the reference key for key and in the same state-dict order, so
 released `ema_averaged_model_*.ckpt` weights load strictly; the function is
@@ -89,7 +89,7 @@ class AdaptiveGroupNorm(nn.Module):
 class ResidualBlock(nn.Module):
     """GN → SiLU → conv → adaptive GN from the time (and, for AdaGN, context) embedding → conv.
 
-    specs §3.2 "ResidualBlock". The reference follows the second SiLU with `Dropout(p=0.0)`, which
+    The reference follows the second SiLU with `Dropout(p=0.0)`, which
     has no parameters and no effect, so it is left out.
     """
 
@@ -456,7 +456,7 @@ class ConditionalUNet(nn.Module):
             if isinstance(module, Upsample):
                 h = module(h)
             else:
-                # Current features first, skip second (specs §3.2 "Skip connections").
+                # Current features first, skip second.
                 h = module(torch.cat((h, skips.pop()), dim=1), t_emb, c)
         return self.final(F.silu(self.norm(h)))
 
@@ -464,7 +464,7 @@ class ConditionalUNet(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None, dropout_mask: torch.Tensor | None
     ) -> torch.Tensor | None:
         """The shared context embedding c (B, context_channels), or None for an unconditional
-        model (specs §3.2 "Context path")."""
+        model."""
         if not self.is_context_conditional:
             if context is not None or dropout_mask is not None:
                 raise ValueError(
@@ -525,7 +525,7 @@ def _context_path(
 ) -> tuple[nn.Module, nn.Module, nn.Parameter | None]:
     """Element-wise context dropout ("CPD"), the projection to the shared `context_channels`
     embedding (an embedding table for class labels, a linear map for embedding vectors) and the
-    learned empty embedding, in the reference's state-dict order (specs §3.2 "Context path").
+    learned empty embedding, in the reference's state-dict order.
 
     The empty embedding is None when it is zeros: those are made on the fly, because the reference
     keeps the zero vector out of the state dict (fixture notes); a learned one is

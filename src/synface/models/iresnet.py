@@ -1,4 +1,4 @@
-"""insightface / ElasticFace IResNet backbones, re-implemented from specs/recognition.md §10–§11.
+"""insightface / ElasticFace IResNet backbones, re-implemented.
 
 The parameter layout reproduces insightface arcface_torch `backbones/iresnet.py` key for key and in
 the same state-dict order (r50: 475 entries, r100: 925), so `build_model("iresnet", depth=100)`

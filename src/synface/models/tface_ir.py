@@ -1,4 +1,4 @@
-"""TFace IR backbones (IR-18/34/50/100), re-implemented from specs/recognition.md §4.
+"""TFace IR backbones (IR-18/34/50/100), re-implemented.
 
 The parameter layout reproduces TFace's `model_irse.Backbone(input_size, depth, "ir")` key for key
 and in the same state-dict order, so TFace `Backbone_Epoch_*_checkpoint.pth` files load strictly and

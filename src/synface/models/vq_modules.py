@@ -1,5 +1,5 @@
 """CompVis/taming-style autoencoder blocks, `Encoder` and `Decoder`, re-implemented from
-specs/generative.md §2.2 and the VQ notes of `shared/fixtures/reference/README.md`.
+CompVis latent-diffusion's `ldm/modules/diffusionmodules/model.py`.
 
 Attribute names and registration order reproduce the reference `modules.py` state-dict layout
 (`down.N.block.M.norm1`, `mid.attn_1.q`, `up.N.upsample.conv`, ...), so the released VQ-f4
@@ -66,7 +66,7 @@ class AutoencoderConfig:
         )
         if config.double_z:
             # double_z makes the encoder emit a KL autoencoder's mean and log-variance; a VQ
-            # first stage feeds z_channels into quant_conv (specs §2.1: double_z false).
+            # first stage feeds z_channels into quant_conv (double_z false).
             raise ValueError(
                 "ddconfig.double_z must be false for a VQ first stage (true is a KL autoencoder); "
                 "set double_z: false"

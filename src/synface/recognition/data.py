@@ -28,7 +28,7 @@ class RecordDataset(Dataset):
     """(JPEG bytes, label, augmentation seed) of a TFace training index, read by byte offset
     with CRC check; a key is ``(index, augmentation seed)``, as `GlobalBatchSampler` yields.
 
-    Only the index lives in memory (STYLE.md §4: the index is the dataset); each DataLoader
+    Only the index lives in memory (the index is the dataset); each DataLoader
     worker opens every shard once, lazily.
     """
 

@@ -1,6 +1,6 @@
 """IR + ArcFace recognition training with TFace's optimiser, step LR and checkpoint names.
 
-A function with a loop, not a class with hooks (STYLE.md "For synface" 11); the step itself,
+A function with a loop, not a class with hooks; the step itself,
 `recognition_train_step`, is shared with ``benchmarks/bench_train.py``. It runs alone or under
 ``torchrun --nproc-per-node N``; the global batch is fixed by config and split over the
 processes, so the recipe (and the data order) does not change with the GPU count.
