@@ -461,7 +461,9 @@ def check_demo_weights():
 
 def missing(path, key, fix):
     """A preflight problem when ``path`` (from config key ``key``) is not there, else None."""
-    if path and Path(path).exists():
+    if not path:
+        return f"{key}: not set. {fix}"
+    if Path(path).exists():
         return None
     return f"{key}: '{path}' not found. {fix}"
 
@@ -517,13 +519,23 @@ def component_problems():
         )
     if component_source("ldm") == "file":
         weights = config["ldm"]["checkpoint"]
-        fix = "Put the ADMIS EMA checkpoint there (ema_averaged_model_200000.ckpt)"
-        yield missing(weights, "ldm.checkpoint", fix)
-        yield missing(
-            str(Path(weights).with_suffix(".json")),
-            "ldm.checkpoint",
-            "Write the UNet's architecture there (the ldm.unet section as JSON)",
+        fix = (
+            "Put the released ADMIS checkpoint there (ckpt/ADMIS_FRCSyn_ckpt/"
+            "ema_averaged_model_200000.ckpt, Google Drive link in the ADMIS README); another "
+            "architecture needs its model yaml beside it, same name with .yaml"
         )
+        yield missing(weights, "ldm.checkpoint", fix) or ldm_spec_problem(weights)
+
+
+def ldm_spec_problem(checkpoint):
+    """The UNet description beside a supplied LDM checkpoint, read as sampling will read it."""
+    from synface.ldm.model import read_ldm_spec
+
+    try:
+        read_ldm_spec(checkpoint)
+    except ValueError as error:
+        return f"ldm.checkpoint: {error}"
+    return None
 
 
 def context_problems():

@@ -89,13 +89,30 @@ def test_the_preflight_checks_a_supplied_ldm_and_context_database(tmp_path: Path
     lines = _missing_lines(snakemake(tmp_path, "-n", configfiles=(FRCSYN, diff)))
     for expected in (
         "ldm.checkpoint: 'resources/admis/ema_averaged_model_200000.ckpt'",
-        "ldm.checkpoint: 'resources/admis/ema_averaged_model_200000.json'",
         "contexts.images: 'resources/admis/context_database/images'",
         "contexts.embed_npy: 'resources/admis/elastic_embed.npy'",
         "contexts.names_pkl: 'resources/admis/image_names.pkl'",
     ):
         assert any(expected in line for line in lines), expected
     assert not any("contexts.model_dir" in line for line in lines)
+    # The released checkpoint's UNet ships with synface: no hand-written .json is asked for.
+    assert not any("ema_averaged_model_200000.json" in line for line in lines)
+
+
+def test_the_preflight_reads_the_description_beside_a_supplied_ldm(tmp_path: Path) -> None:
+    """A model yaml beside the checkpoint that describes another model is named at start-up,
+    not at the first sampling job."""
+    admis = tmp_path / "resources/admis"
+    admis.mkdir(parents=True)
+    (admis / "ema_averaged_model_200000.ckpt").touch()
+    (admis / "ema_averaged_model_200000.yaml").write_text("_target_: models.ControlNet\n")
+    diff = _diff(tmp_path, "ldm.yaml", {"ldm": {"source": "file"}})
+    lines = _missing_lines(snakemake(tmp_path, "-n", configfiles=(FRCSYN, diff)))
+    assert any(
+        "ldm.checkpoint: resources/admis/ema_averaged_model_200000.yaml: _target_ is "
+        "models.ControlNet" in line
+        for line in lines
+    ), lines
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``: a checkpoint never runs code (DESIGN.md §6)."""
+    """``torch.load`` with ``weights_only=True``: a checkpoint never runs code."""
     return torch.load(path, map_location=map_location, weights_only=True)
 
 

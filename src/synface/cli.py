@@ -1,7 +1,7 @@
 """The ``synface`` command: one sub-command per pipeline stage.
 
-The CLI only parses; each stage is a function of the package that tests call directly
-(STYLE.md "For synface" 5). Nested hyper-parameters arrive as one JSON object (``--settings``),
+The CLI only parses; each stage is a function of the package that tests call directly.
+Nested hyper-parameters arrive as one JSON object (``--settings``),
 so a Snakemake rule passes its ``params`` verbatim and a change in any of them reruns the rule.
 """
 

@@ -5,7 +5,7 @@ ElasticFace and comparing the cosine similarities of same-identity pairs (genuin
 cross-identity pairs (impostor): pyeer's EER, AUC, FMR100, FMR1000, the mean and standard
 deviation of both distributions, the Fisher discriminant ratio
 FDR = (μ_g − μ_i)² / (σ_g² + σ_i²) and a histogram of the two distributions
-(specs/generative.md §16; reference `evaluate.py`, `plot_ffhq_experiments.py`). The same figures
+(IDiff-Face's `evaluate.py`, `plot_ffhq_experiments.py`). The same figures
 describe any labelled set, real or synthetic, so they also show how far a synthetic set is from
 the real one it imitates.
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 MAX_IMPOSTOR_PAIRS = 200_000
 # Rows per chunk of impostor dot products: bounds the gathered pair rows to a few tens of MB.
 IMPOSTOR_CHUNK = 8192
-# pyeer's operating points: FNMR where FMR is closest to 1 % and to 0.1 % (§16).
+# pyeer's operating points: FNMR where FMR is closest to 1 % and to 0.1 %.
 FMR100, FMR1000 = 0.01, 0.001
 
 # Histogram figure. 100 bins on [-1, 1] as `plot_ffhq_experiments.py` draws them; colours are
@@ -79,7 +79,7 @@ class PairScores:
 
 @dataclass(frozen=True)
 class ConsistencyReport:
-    """The identity-consistency figures IDiff-Face reports (specs/generative.md §16).
+    """The identity-consistency figures IDiff-Face reports.
 
     Rates are fractions in [0, 1]. A pair is accepted when its score is ≥ the threshold, as in
     pyeer. `fmr100` / `fmr1000` keep pyeer's names: the FNMR at the threshold whose FMR is
@@ -220,7 +220,7 @@ def identity_consistency(
     max_impostor_pairs: int = MAX_IMPOSTOR_PAIRS,
     seed: int = 0,
 ) -> ConsistencyReport:
-    """`pair_scores` then `summarise`: the §16 figures of one labelled embedding set."""
+    """`pair_scores` then `summarise`: the consistency figures of one labelled embedding set."""
     return summarise(pair_scores(embeddings, labels, max_impostor_pairs, seed))
 
 

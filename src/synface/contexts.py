@@ -1,12 +1,12 @@
 """The identities of synthetic people: context candidates, and the selection ADMIS only drew.
 
-Sources (specs/generative.md §1, §13): ``uniform`` unit vectors (IDiff-Face's baseline);
+Sources: ``uniform`` unit vectors (IDiff-Face's baseline);
 ``unconditional`` faces from an unconditional generator, then embedded (ADMIS's
 context-enhanced sampling: the trained LDM's unconditional mode, or a diffusers unconditional
 UNet folder such as an FFHQ DDPM); ``database`` faces supplied by the user (ADMIS's
 ``context_database/images``), with or without their embeddings.
 
-Selection goes beyond ADMIS, whose figure shows this step but whose code has none (§20 gap 3):
+Selection goes beyond ADMIS, whose figure shows this step but whose code has none:
 a candidate is kept only if the LDM's probe samples for it agree with it (mean cosine
 ≥ τ_intra, with the embedding model) and it is far enough from every identity already kept
 (cosine ≤ τ_inter). What was dropped, and why, is written next to what was kept.
@@ -39,7 +39,7 @@ FACES_MANIFEST = "faces.tsv"
 
 
 def uniform_contexts(count: int, dim: int, seed: int) -> np.ndarray:
-    """``count`` random unit vectors: IDiff-Face's synthetic-uniform contexts (§1.1)."""
+    """``count`` random unit vectors: IDiff-Face's synthetic-uniform contexts."""
     generator = torch.Generator().manual_seed(seed)
     vectors = torch.randn(count, dim, generator=generator, dtype=torch.float64)
     return torch.nn.functional.normalize(vectors, dim=1).float().numpy()
@@ -119,10 +119,19 @@ def generate_diffusers_faces(
 
     device = stage_device(threads)
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        # Checked before diffusers sees it: it takes a missing path for a hub repository id.
+        raise FileNotFoundError(
+            f"{model_dir}: no such folder (contexts.model_dir); put a diffusers unconditional "
+            "UNet folder there (unet/ or config.json + weights, and scheduler/), e.g. a DDPM "
+            "trained on FFHQ"
+        )
     subfolder = "unet" if (model_dir / "unet").is_dir() else None
+    offline = {"local_files_only": True}  # a local folder only: never the network
     try:
-        unet = UNet2DModel.from_pretrained(model_dir, subfolder=subfolder).to(device).eval()
-        scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler")
+        unet = UNet2DModel.from_pretrained(model_dir, subfolder=subfolder, **offline)
+        unet = unet.to(device).eval()
+        scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler", **offline)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{model_dir}: not a diffusers unconditional UNet folder (expected unet/ or a "

@@ -1,7 +1,7 @@
 """Package the demo-world weights shipped in ``demo_weights/``, with their provenance.
 
 ``make demo`` cannot train a generator that knows identities on 2 CPU cores
-(specs/demo-world-feasibility.md), so the project ships small weights made by its own rules
+in the time a demo allows, so the project ships small weights made by its own rules
 (``make demo-weights``). Everything needed to judge and remake them is recorded beside them: the
 config they were made with, the commands, wall times and step counts, the identity check they
 passed, and the SHA-256 of every file. Floating-point weights are stored in fp16 (loading casts

@@ -1,7 +1,7 @@
 """Identity embeddings: the ElasticFace encoder as ONNX, batched extraction, ADMIS embedding files.
 
 The generative stage conditions on one L2-normalised ElasticFace-Arc (iresnet100) embedding per
-image (specs/generative.md §10–§11). Extraction runs under ONNX Runtime (DESIGN.md §4): one exported
+image. Extraction runs under ONNX Runtime: one exported
 file serves the CPU provider on a laptop and the CUDA provider on a GPU node, with no torch model
 code at extraction time. In the demo world the recognition backbone trained there plays
 ElasticFace's role through the same two steps.
@@ -10,10 +10,10 @@ Files:
 - `export_onnx`: `<weights>` + `<weights>.json` spec → `model.onnx` (raw embedding, dynamic batch)
   and `model.onnx.json` (input size, normalisation, parity figures).
 - `extract_embeddings`: manifest → `embeddings.npy` (N × D float32, unit rows) + `names.txt`
-  (manifest-relative paths, same order), the one link between an image and its row
-  (generative.md §20, gap 9), + `rejected.tsv` (images skipped as unreadable).
+  (manifest-relative paths, same order), the one link between an image and its row,
+  + `rejected.tsv` (images skipped as unreadable).
 
-Reading these files, and ADMIS's `elastic_embed.npy` + `image_names.pkl` (§10.1), is
+Reading these files, and ADMIS's `elastic_embed.npy` + `image_names.pkl`, is
 `synface.io.embeddings`'.
 """
 
@@ -50,7 +50,7 @@ PARITY_SEED = 0
 PARITY_MAX_ABS_DIFF = 1e-4
 PARITY_MIN_COSINE = 0.9999
 
-# ElasticFace / insightface input normalisation (recognition.md §11): (x − 127.5) / 127.5.
+# ElasticFace / insightface input normalisation: (x − 127.5) / 127.5.
 NORMALISATION = "(x - 127.5) / 127.5, RGB, NCHW float32"
 
 
@@ -192,7 +192,7 @@ def _session_options(threads: int) -> Any:
 
 
 def _extraction_session(onnx_model: Path, threads: int) -> Any:
-    """CUDA provider when ORT has it and a GPU is present, else CPU (DESIGN.md §4)."""
+    """CUDA provider when ORT has it and a GPU is present, else CPU."""
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -221,7 +221,7 @@ def extract_embeddings(
     """Embed every usable manifest image; write `embeddings.npy` (N × D float32), `names.txt`
     and `rejected.tsv`.
 
-    Preprocessing follows ElasticFace as ADMIS applies it (generative.md §11): RGB, (x − 127.5) /
+    Preprocessing follows ElasticFace as ADMIS applies it: RGB, (x − 127.5) /
     127.5, then a bilinear resize to the model's input size when the image differs (128-px CASIA
     → 112), single view (no flip), and each output row L2-normalised. Images that
     `synface.io.images` refuses are skipped and listed in `rejected.tsv`; the rows are the other

@@ -1,9 +1,9 @@
 """Manifests of synthetic training sets, with DCFace's oversampling of the context faces.
 
-ADMIS copies each identity's context face 5 times into its folder (specs/generative.md §15);
+ADMIS copies each identity's context face 5 times into its folder;
 here the copies are manifest lines, so no image bytes are duplicated and the same synthetic
 images serve every variant (with or without oversampling, and the context-faces-only control).
-The ADMIS packer's skip of each folder's first image (§15.2) is a quirk of its layout and is not
+The ADMIS packer's skip of each folder's first image is a quirk of its layout and is not
 reproduced.
 """
 

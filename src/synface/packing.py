@@ -24,7 +24,7 @@ from synface.io.tfrecord import IndexEntry, ShardWriter, write_training_index
 
 log = logging.getLogger(__name__)
 
-# Quality OpenCV's imencode uses, which TFace and ADMIS packers rely on (recognition.md §1.1).
+# Quality OpenCV's imencode uses, which TFace and ADMIS packers rely on.
 JPEG_QUALITY = 95
 # Images handed to a worker at a time: large enough to amortise IPC, small enough to stream.
 CHUNK = 64
@@ -105,13 +105,13 @@ def pack_tfrecords(
     """Write ``out_dir/<name>/`` shards, ``<name>/<name>.index``, ``<name>.txt``, ``rejected.tsv``.
 
     Labels in the training index are renumbered 0..C-1 over the identities that kept at least
-    one image, because TFace sizes the classifier as max(label) + 1 (recognition.md §1.3).
+    one image, because TFace sizes the classifier as max(label) + 1.
 
     Raises:
         ValueError: when no image of the manifest is valid.
     """
     if "TFR" not in name:
-        # TFace picks its TFRecord parser only for dataset names containing "TFR" (§1.3 gotcha).
+        # TFace picks its TFRecord parser only for dataset names containing "TFR".
         raise ValueError(f"dataset name {name!r} must contain 'TFR' for TFace to read it")
     entries = read_manifest(manifest)
     out_dir = Path(out_dir)

@@ -1,7 +1,7 @@
 """Where and how a stage runs: threads, device, mixed precision and the DDP process group.
 
 Every stage goes through these helpers so that one code path serves a 2-core laptop, one GPU and
-``torchrun --nproc-per-node N`` alike (recognition.md §8: ``env://`` rendezvous, ``LOCAL_RANK``
+``torchrun --nproc-per-node N`` alike (``env://`` rendezvous, ``LOCAL_RANK``
 from the environment, never a ``--local-rank`` argument).
 """
 
@@ -83,7 +83,7 @@ def pick_device() -> torch.device:
 @contextlib.contextmanager
 def autocast(device: torch.device) -> Iterator[None]:
     """bf16 autocast on CUDA; plain fp32 on CPU, where bf16 made training slower here
-    (specs/demo-world-feasibility.md: +20 % per step)."""
+    (+20 % per step, measured on the demo)."""
     if device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
             yield

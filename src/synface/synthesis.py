@@ -1,6 +1,6 @@
-"""The ``synthesize`` stage: faces for one shard of identities (generative.md §12.2, §14).
+"""The ``synthesize`` stage: faces for one shard of identities.
 
-A face is a pure function of (settings, context row i, seed, i, k) (DESIGN.md §2), so a shard
+A face is a pure function of (settings, context row i, seed, i, k), so a shard
 batches (i, k) jobs across identities, and the PNGs are the same bytes whatever the shard split
 or batch size. Beyond per-job noise that needs the model to run under inference mode with no
 batch smaller than ``MIN_ROWS``: oneDNN and MKL switch to other convolution and GEMM kernels for
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # Smaller batches are padded up to this many rows (see the module docstring).
 MIN_ROWS = 16
 SETTINGS_FILE = "settings.json"
-# Contexts are unit vectors (generative.md §12.2 re-normalises them); this catches raw embeddings.
+# Contexts are unit vectors (the reference re-normalises them); this catches raw embeddings.
 NORM_TOLERANCE = 1e-3
 
 
@@ -83,7 +83,7 @@ class SynthesisSettings(StageSettings, section="synthesis"):
             raise ValueError(
                 f"synthesis.eta={self.eta}: DDIM's per-step noise for eta > 0 comes from torch's "
                 "global RNG in sample_latents, so faces would depend on how jobs are batched "
-                "(DESIGN.md §2); set eta to 0 (ADMIS, generative.md §12.2)"
+                "(ADMIS samples with eta 0); set eta to 0"
             )
 
     def sampling(self) -> dict[str, Any]:
@@ -270,7 +270,7 @@ def synthesize_shard(
     (default ``out_dir/../shards/<start>-<stop>.json``), written last and atomically.
 
     Faces are decoded, clamped, quantised to uint8 and, when the LDM's size differs from
-    ``face_size``, resized with antialiasing (128 -> 112 px on real runs, §14).
+    ``face_size``, resized with antialiasing (128 -> 112 px on real runs).
     """
     if images_per_identity < 1 or face_size < 1:
         raise ValueError(

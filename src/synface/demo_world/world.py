@@ -42,7 +42,7 @@ from synface.settings import StageSettings, from_settings, schema_defaults
 
 log = logging.getLogger(__name__)
 
-NUM_FOLDS = 10  # the insightface protocol's folds (specs/evaluation.md §1)
+NUM_FOLDS = 10  # the insightface protocol's folds
 JPEG_QUALITY = 95
 
 # How each pack's pairs differ, after its real counterpart.

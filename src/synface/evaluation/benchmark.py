@@ -1,6 +1,6 @@
 """Verification accuracy of a trained backbone on insightface ``.bin`` packs.
 
-The insightface protocol (evaluation.md §2): every image and its mirror are embedded, the two
+The insightface protocol: every image and its mirror are embedded, the two
 raw embeddings are summed and only then L2-normalised, and the 10-fold threshold search runs on
 the squared distance.
 """
@@ -53,7 +53,7 @@ def decode_pack_images(
                 error.where, f"{error.reason}; a benchmark pack must be intact: replace {source}"
             ) from error
         if image.shape[-2:] != (image_size, image_size):
-            # insightface resizes packs whose size differs from the model's (evaluation.md §1).
+            # insightface resizes packs whose size differs from the model's.
             image = tvf.resize(image, [image_size, image_size], antialias=True)
         images.append(image)
     return torch.stack(images)

@@ -1,4 +1,4 @@
-"""The insightface 10-fold verification protocol (specs/evaluation.md §2), reproduced exactly.
+"""The insightface 10-fold verification protocol, reproduced exactly.
 
 Published LFW/CFP-FP/AgeDB numbers (ADMIS, FRCSyn) come from this procedure; any deviation in
 thresholds, fold boundaries, tie-breaking or the strict `<` shifts accuracies in the third
@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-# §2: `np.arange(0, 4, 0.01)`, 400 candidate thresholds on the squared L2 distance, whose range
-# on unit vectors is [0, 4]. Built with arange (not linspace) so the values match bit for bit.
+# insightface's `np.arange(0, 4, 0.01)`: 400 candidate thresholds on the squared L2 distance, whose
+# range on unit vectors is [0, 4]. Built with arange (not linspace) so the values match bit for bit.
 THRESHOLDS = np.arange(0, 4, 0.01)
 DEFAULT_NFOLDS = 10
 
 
 def l2_normalize(x: ArrayLike) -> NDArray[np.float64]:
-    """Row-wise L2 normalisation; zero rows stay zero, as with sklearn's `normalize` (§2)."""
+    """Row-wise L2 normalisation; zero rows stay zero, as with sklearn's `normalize`."""
     arr = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(arr, axis=-1, keepdims=True)
     return arr / np.where(norms == 0, 1.0, norms)
@@ -27,7 +27,7 @@ def fold_bounds(n: int, nfolds: int) -> list[tuple[int, int]]:
     """Contiguous [start, stop) folds as sklearn `KFold(nfolds, shuffle=False)` makes them.
 
     The first `n % nfolds` folds get one extra item; with the official pair order this
-    reproduces the benchmark's published splits (§1, "Pair order").
+    reproduces the benchmark's published splits.
     """
     if nfolds < 2:
         raise ValueError(f"nfolds must be >= 2, got {nfolds}")
@@ -45,7 +45,7 @@ def kfold_accuracy(
     """Return (mean accuracy, population std over folds, mean best threshold).
 
     Each fold's threshold is the first maximiser of accuracy on the other folds, and the
-    prediction is "same" iff the squared distance is strictly below it (§2).
+    prediction is "same" iff the squared distance is strictly below it.
     """
     e1 = np.asarray(emb1, dtype=np.float64)
     e2 = np.asarray(emb2, dtype=np.float64)

@@ -1,6 +1,6 @@
 """insightface verification packs (`lfw.bin`, `cfp_fp.bin`, ...), read safely and written portably.
 
-A pack is a pickle of `(images, issame)` (specs/evaluation.md §1). Packs are downloaded from
+A pack is a pickle of `(images, issame)`. Packs are downloaded from
 third-party mirrors, and unpickling can run arbitrary code, so reading goes through
 `synface.io.pickles.load_restricted`, resolving only the numpy globals that rebuild uint8 arrays.
 """
@@ -17,7 +17,7 @@ from numpy._core.multiarray import _reconstruct
 from synface.io.atomic import atomic_path
 from synface.io.pickles import load_restricted
 
-# Protocol 4 is readable by every Python 3 loader TFace, insightface and ElasticFace use (§1).
+# Protocol 4 is readable by every Python 3 loader TFace, insightface and ElasticFace use.
 WRITE_PROTOCOL = 4
 
 
@@ -25,7 +25,7 @@ class BinPackError(ValueError):
     """A file is not a well-formed verification pack."""
 
 
-# The only globals an ndarray pickle needs (§1: CFP-FP/AgeDB-30 packs store cv2.imencode output).
+# The only globals an ndarray pickle needs (CFP-FP/AgeDB-30 packs store cv2.imencode output).
 # Packs name numpy.core or numpy._core, depending on the NumPy that wrote them; NumPy >= 1.26
 # (the pinned minimum) has numpy._core.
 _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
@@ -44,7 +44,7 @@ def read_bin(path: Path | str) -> tuple[list[bytes], list[bool]]:
     """Load a pack as (JPEG bytes per image, one bool per pair); pair i is images 2i and 2i+1."""
     path = Path(path)
     # encoding="bytes": Python-2 packs store JPEGs as py2 `str`; latin1 would turn them into
-    # Python 3 text that np.frombuffer rejects (§1, "Python-2 pickle quirk").
+    # Python 3 text that np.frombuffer rejects.
     content = load_restricted(path, _ALLOWED_GLOBALS, _REFUSAL, "bytes", BinPackError)
     if not isinstance(content, tuple | list) or len(content) != 2:
         raise BinPackError(
@@ -64,7 +64,7 @@ def read_bin(path: Path | str) -> tuple[list[bytes], list[bool]]:
 
 
 def _to_bytes(image: object, i: int, path: Path) -> bytes:
-    """Accept both element forms of §1: raw bytes, or cv2.imencode's uint8 array of shape (n, 1)."""
+    """Accept both element forms: raw bytes, or cv2.imencode's uint8 array of shape (n, 1)."""
     if isinstance(image, bytes | bytearray):
         return bytes(image)
     if isinstance(image, np.ndarray):
@@ -96,7 +96,7 @@ def _describe(value: object) -> str:
 
 
 def write_bin(path: Path | str, images: Sequence[bytes], issame: Sequence[bool]) -> None:
-    """Write a pack that TFace, insightface and ElasticFace all load (§1, "Writing ...").
+    """Write a pack that TFace, insightface and ElasticFace all load.
 
     Written to a temporary file and renamed, so an interrupted run never leaves a truncated pack
     that a later evaluation would fail on (or, worse, partly read).

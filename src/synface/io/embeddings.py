@@ -1,7 +1,8 @@
-"""Embedding files: ours (``embeddings.npy`` + ``names.txt``) and ADMIS's pair (§10.1).
+"""Embedding files: ours (``embeddings.npy``, ``names.txt``) and ADMIS's (``elastic_embed.npy``,
+``image_names.pkl``).
 
 ``names.txt`` line i names the image of row i, as the manifest lists it (relative to the
-manifest's folder): the one link between an image and its embedding (generative.md §20, gap 9).
+manifest's folder): the one link between an image and its embedding.
 Extraction skips images it cannot read and lists them in ``rejected.tsv`` beside the two files,
 so the rows are the manifest's images in manifest order, minus those rejected; `aligned_entries`
 is how every consumer joins rows back to the manifest, and it refuses anything else.
@@ -22,7 +23,7 @@ from synface.io.rejected import REJECTED_FILE, read_rejected
 
 EMBEDDINGS_FILE = "embeddings.npy"
 NAMES_FILE = "names.txt"
-# ADMIS's image_names.pkl is a plain list of str (generative.md §10.1); protocol 4 is readable
+# ADMIS's image_names.pkl is a plain list of str ; protocol 4 is readable
 # by every Python 3 the reference runs on.
 ADMIS_PICKLE_PROTOCOL = 4
 _ADMIS_NAMES_REFUSAL = (
@@ -82,10 +83,10 @@ def write_embeddings(out_dir: Path, embeddings: np.ndarray, names: Sequence[str]
 
 
 def read_admis_embeddings(embed_npy: Path, names_pkl: Path) -> tuple[np.ndarray, list[str]]:
-    """ADMIS's `elastic_embed.npy` (N × 512) and `image_names.pkl` (N relative paths), §10.1.
+    """ADMIS's `elastic_embed.npy` (N × 512) and `image_names.pkl` (N relative paths).
 
     The names pickle comes with a third-party download and unpickling can run code, so it goes
-    through an unpickler that resolves no globals (DESIGN.md §6).
+    through an unpickler that resolves no globals.
     """
     embed_npy, names_pkl = Path(embed_npy), Path(names_pkl)
     try:
@@ -93,7 +94,8 @@ def read_admis_embeddings(embed_npy: Path, names_pkl: Path) -> tuple[np.ndarray,
     except ValueError as error:
         raise ValueError(
             f"{embed_npy}: not a plain numpy array file ({error}); IDiff-Face's torch-pickled "
-            f"'.npy' files are a different format (generative.md §10.2)"
+            "'.npy' files (a torch.save'd tensor) are a different format: load one with "
+            "torch.load and write it with numpy.save"
         ) from error
     names = load_restricted(names_pkl, {}, _ADMIS_NAMES_REFUSAL)
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
@@ -105,7 +107,7 @@ def read_admis_embeddings(embed_npy: Path, names_pkl: Path) -> tuple[np.ndarray,
 def write_admis_embeddings(
     embeddings: np.ndarray, names: Sequence[str], embed_npy: Path, names_pkl: Path
 ) -> None:
-    """Write the ADMIS pair (§10.1) so the reference's `CASIA_file` dataset reads our embeddings."""
+    """Write the ADMIS pair so the reference's `CASIA_file` dataset reads our embeddings."""
     embed_npy, names_pkl = Path(embed_npy), Path(names_pkl)
     names = [str(name) for name in names]
     _check_rows(embeddings, names, embed_npy, names_pkl)

@@ -77,7 +77,7 @@ class BadImageError(ValueError):
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] → float [-1, 1], i.e. (x − 127.5)/127.5: how TFace, insightface,
-    ElasticFace and the LDM's first stage all expect faces (generative.md §4.2, §11)."""
+    ElasticFace and the LDM's first stage all expect faces."""
     return images.float().div_(127.5).sub_(1.0)
 
 
@@ -208,8 +208,8 @@ def _check_png_data(data: bytes, where: str) -> None:
 class ImageLoader:
     """Path → normalised (3, s, s) float32 tensor, resized to ``size`` when it differs.
 
-    Normalises first, then resizes the float tensor, as ADMIS's ElasticFace extraction does
-    (generative.md §11 step 2). A picklable callable, so DataLoader workers and thread pools
+    Normalises first, then resizes the float tensor, as ADMIS's ElasticFace extraction does.
+    A picklable callable, so DataLoader workers and thread pools
     can share it. Raises ``BadImageError``.
     """
 

@@ -2,7 +2,7 @@
 
 A manifest is a text file of ``path<TAB>label`` lines. Paths are relative to the manifest's own
 folder (or absolute), so a dataset can be re-labelled, cleaned or oversampled by writing a new
-manifest without touching image bytes (DESIGN.md §2).
+manifest without touching image bytes.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def scan_image_folder(images: Path) -> list[ManifestEntry]:
     """List an ``images/<identity>/<file>`` tree (CASIA-WebFace layout) as manifest entries.
 
     Identity folders are sorted by name and numbered 0..C-1, so labels are dense as the
-    classifier needs (recognition.md §1.3) whatever the folder names are.
+    classifier needs whatever the folder names are.
     """
     images = Path(images)
     if not images.is_dir():

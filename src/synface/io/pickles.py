@@ -2,7 +2,7 @@
 
 Unpickling resolves globals by name and calls them, so a downloaded pickle can run anything.
 Every third-party pickle synface reads goes through `load_restricted`, whose global lookup is an
-allow-list given by the caller: the plain types its format needs and nothing else (DESIGN.md §6).
+allow-list given by the caller: the plain types its format needs and nothing else.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """TFace-compatible TFRecord shards, written and read without TensorFlow or protobuf.
 
-The byte layout follows specs/recognition.md §1: TFace's trainer (via DareBlopy) checks both
+The byte layout is TFace's: its trainer (via DareBlopy) checks both
 masked CRC-32Cs of every record, so a shard we write must carry correct CRCs, and a shard we read
 is checked the same way so that corruption surfaces as an error naming the shard and offset
 instead of as a garbled JPEG deep inside a DataLoader worker.
@@ -20,14 +20,14 @@ import crc32c
 
 from synface.io.atomic import atomic_path
 
-# --- Record framing (recognition.md §1.4) -------------------------------------------------------
+# --- Record framing -------------------------------------------------------
 # uint64 little-endian payload length.
 LENGTH_SIZE = 8
 # uint32 little-endian masked CRC-32C, once over the 8 length bytes and once over the payload.
 CRC_SIZE = 4
 # What precedes the payload: length + its CRC.
 HEADER_SIZE = LENGTH_SIZE + CRC_SIZE
-# Bytes per record beyond the payload: the "+16" in the TFace index offsets (§1.2).
+# Bytes per record beyond the payload: the "+16" in the TFace index offsets.
 RECORD_OVERHEAD = LENGTH_SIZE + 2 * CRC_SIZE
 # Added after rotating the CRC so that CRCs of data containing CRCs stay well distributed.
 MASK_DELTA = 0xA282EAD8
@@ -35,13 +35,13 @@ _UINT32 = 0xFFFFFFFF
 _LENGTH_STRUCT = struct.Struct("<Q")
 _CRC_STRUCT = struct.Struct("<I")
 
-# --- Layout of a TFace dataset (recognition.md §1.2) --------------------------------------------
+# --- Layout of a TFace dataset --------------------------------------------
 # TFace's img2tfrecord.py starts a new shard every 500,000 records.
 RECORDS_PER_SHARD = 500_000
-# The single feature key TFace's parser reads (§1.4); other keys (ADMIS's `label`) are ignored.
+# The single feature key TFace's parser reads; other keys (ADMIS's `label`) are ignored.
 IMAGE_KEY = "image"
 
-# --- Protobuf wire format (tf.train.Example, §1.4) ----------------------------------------------
+# --- Protobuf wire format (tf.train.Example) ----------------------------------------------------
 # Every field we touch is "length-delimited" (wire type 2); the tag byte is field_number << 3 | 2.
 _WIRE_VARINT, _WIRE_FIXED64, _WIRE_LEN, _WIRE_FIXED32 = 0, 1, 2, 5
 # Example.features = 1, Features.feature (map entry) = 1, entry.key = 1, entry.value = 2,
@@ -69,7 +69,7 @@ class IndexFormatError(ValueError):
 
 
 def masked_crc32c(data: bytes) -> int:
-    """CRC-32C of `data`, masked the way TFRecord stores it (§1.4)."""
+    """CRC-32C of `data`, masked the way TFRecord stores it."""
     crc = crc32c.crc32c(data)
     rotated = ((crc >> 15) | (crc << 17)) & _UINT32
     return (rotated + MASK_DELTA) & _UINT32
@@ -108,7 +108,7 @@ def encode_image_example(jpeg: bytes) -> bytes:
     """Serialize `Example{features{feature{"image": bytes_list[jpeg]}}}` exactly as TFace writes it.
 
     Hand-encoded so that packing a dataset needs neither TensorFlow nor protobuf; the bytes match
-    protobuf's own serialization (test vector in §1.4).
+    protobuf's own serialization (tests/test_tfrecord.py holds a test vector).
     """
     bytes_list = _len_field(_FIELD_BYTES_VALUE, jpeg)
     feature = _len_field(_FIELD_BYTES_LIST, bytes_list)
@@ -175,7 +175,7 @@ def decode_image_example(payload: bytes, where: str) -> bytes:
             return _first_bytes_value(entry, where)
     raise RecordFormatError(
         f"{where}: the Example has no '{IMAGE_KEY}' feature; TFace records store the JPEG under "
-        f"that key (recognition.md §1.4)"
+        "that key, as a bytes list"
     )
 
 
@@ -203,7 +203,7 @@ class RecordLocation:
 
 
 def shard_path(data_root: Path, tfr_name: str, shard: int) -> Path:
-    """Path of a shard as TFace resolves it: DATA_ROOT/<name>/<name>-%05d.tfrecord (§1.3)."""
+    """Path of a shard as TFace resolves it: DATA_ROOT/<name>/<name>-%05d.tfrecord."""
     return Path(data_root) / tfr_name / f"{tfr_name}-{shard:05d}.tfrecord"
 
 
@@ -229,7 +229,7 @@ class _ClosedOnExit(contextlib.AbstractContextManager):
 
 
 class ShardWriter(_ClosedOnExit):
-    """Write a TFace dataset directory: numbered shards plus the `<name>.index` map (§1.2).
+    """Write a TFace dataset directory: numbered shards plus the `<name>.index` map.
 
     The index line stores `img_path` verbatim, so later steps (convert_new_index-style label
     joins) can map source images to records without re-reading the shards.
@@ -288,7 +288,7 @@ class ShardWriter(_ClosedOnExit):
         self._index.close()
 
     def _current_shard_file(self) -> BinaryIO:
-        """The open shard, rolling over to a new one when the current one is full (§1.2)."""
+        """The open shard, rolling over to a new one when the current one is full."""
         if self._shard_file is not None and self._in_shard < self.records_per_shard:
             return self._shard_file
         if self._shard_file is not None:
@@ -315,7 +315,7 @@ class RecordReader(_ClosedOnExit):
     """Random-access record reader with one cached file handle per shard.
 
     Handles are opened lazily and dropped on pickling, so a reader built in the main process can
-    be shipped to DataLoader workers and each worker opens each shard once (as TFace does, §1.5).
+    be shipped to DataLoader workers and each worker opens each shard once (as TFace does).
     """
 
     def __init__(self) -> None:
@@ -380,7 +380,7 @@ def _verify_crc(data: bytes, stored: bytes, what: str, shard_path: Path, offset:
         )
 
 
-# --- Training index (recognition.md §1.3) -------------------------------------------------------
+# --- Training index -------------------------------------------------------
 
 _INDEX_COLUMNS = ("tfr_name", "shard", "offset", "label")
 
@@ -418,7 +418,7 @@ def read_training_index(path: Path) -> list[IndexEntry]:
 
 
 def _parse_index_line(line: str, path: Path, lineno: int) -> IndexEntry:
-    # TFace splits on tabs after a right-strip (§1.3); we do the same so that files it accepts
+    # TFace splits on tabs after a right-strip; we do the same so that files it accepts
     # parse identically.
     fields = line.rstrip().split("\t")
     if len(fields) != len(_INDEX_COLUMNS):

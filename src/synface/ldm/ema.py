@@ -1,8 +1,8 @@
 """An exponential moving average of the UNet that actually averages.
 
 The reference EMA assigns its decay to an attribute of a buffer and so multiplies by 0: its
-"averaged" model is a copy of the live weights (specs/generative.md §6). This one applies the
-intended warm-up decay ``1 − (1 + step/inv_gamma)^(−power)``, clipped to [min, max] (§6).
+"averaged" model is a copy of the live weights. This one applies the
+intended warm-up decay ``1 − (1 + step/inv_gamma)^(−power)``, clipped to [min, max].
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as tvf
 from synface import runtime
 from synface.io.images import normalize, to_uint8
 from synface.ldm.first_stage import FirstStage
-from synface.ldm.model import load_ldm
+from synface.ldm.model import latent_shape, load_ldm
 from synface.ldm.sampling import image_noise, make_sampler, sample_latents
 from synface.models.spec import load_backbone
 
@@ -35,10 +35,11 @@ class FaceGenerator:
 
     def __init__(self, ldm_checkpoint: Path, first_stage_dir: Path, device: torch.device) -> None:
         self.unet, ldm_spec = load_ldm(ldm_checkpoint)
-        self.decoder = FirstStage.load(first_stage_dir).decoder
+        first_stage = FirstStage.load(first_stage_dir)
+        self.decoder = first_stage.decoder
         self.unet.to(device)
         self.decoder.to(device)
-        self.latent_shape = tuple(ldm_spec["latent_shape"])
+        self.latent_shape = latent_shape(ldm_spec, first_stage.spec)
         self.scheduler_config = ldm_spec["scheduler"]
         self.device = device
 
@@ -95,7 +96,7 @@ def resize_faces(images: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def embed_faces(embedder: nn.Module, images: torch.Tensor, face_size: int) -> torch.Tensor:
-    """L2-normalised single-view embeddings of uint8 faces (as ADMIS embeds contexts, §11)."""
+    """L2-normalised single-view embeddings of uint8 faces (as ADMIS embeds contexts)."""
     device = next(embedder.parameters()).device
     faces = normalize(resize_faces(images, face_size)).to(device)
     with runtime.autocast(device):

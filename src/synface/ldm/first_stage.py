@@ -1,8 +1,8 @@
 """The VQ-f4 first stage as the LDM stages use it, and its training for the demo world.
 
-Real runs load the released CompVis VQ-f4 (specs/generative.md §2) and never train it. The demo
+Real runs load the released CompVis VQ-f4 and never train it. The demo
 world has no released autoencoder, so `train_autoencoder` fits a narrow one to the demo faces with
-the VQ-VAE objective: the decode path quantises (§2.1), so the codebook must be learned too.
+the VQ-VAE objective: the decode path quantises, so the codebook must be learned too.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ _COMPVIS_HINT = (
 
 @dataclass(frozen=True)
 class FirstStageSpec:
-    """What builds both halves: the reference `first_stage_config.yaml` values (§2.1)."""
+    """What builds both halves: the reference `first_stage_config.yaml` values."""
 
     ddconfig: dict[str, Any]
     embed_dim: int = 3
@@ -101,7 +101,7 @@ class FirstStage:
 class AutoencoderTrainConfig(StageSettings, section="first_stage.train"):
     """Demo-world first-stage training (config ``first_stage.train`` plus the spec and the LDM's
     image size); the loss is the VQ-VAE objective with the reference quantiser's commitment
-    weight ``beta`` (§2.2)."""
+    weight ``beta`` (0.25)."""
 
     spec: FirstStageSpec
     image_size: int

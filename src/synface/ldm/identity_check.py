@@ -2,8 +2,8 @@
 
 For each held-out context, sample k faces; embed every sample; a sample is retrieved correctly
 when its nearest context (cosine) is its own. Chance is 1/number of contexts. This is the check
-that a weak generator fails while its downstream numbers can still look plausible
-(specs/demo-world-feasibility.md), so it runs before any recognition model is trained on samples.
+that a weak generator fails while its downstream numbers can still look plausible,
+so it runs before any recognition model is trained on samples.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The latent cache: every training face encoded once (and its mirror), next to its context.
 
-The first stage is frozen (specs/generative.md §2), so encoding on every training step, as the
-reference does (§8 step 3), repeats the same work each epoch. Here each image and its horizontal
+The first stage is frozen, so encoding on every training step, as the
+reference does, repeats the same work each epoch. Here each image and its horizontal
 flip are encoded once; training then reads (latent, context) pairs from two ``.npy`` files that
 can be memory-mapped, and the reference's flip augmentation becomes picking one of the two.
-As in the reference, the mirror keeps the context of the original image (§5).
+As in the reference, the mirror keeps the context of the original image.
 """
 
 from __future__ import annotations

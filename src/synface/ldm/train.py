@@ -1,10 +1,10 @@
 """IDiff-Face / ADMIS LDM training: ε-prediction MSE on cached latents, resumable, DDP-ready.
 
-The recipe is the reference's (specs/generative.md §4–§5): DDPM noise from diffusers'
+The recipe is the reference's: DDPM noise from diffusers'
 ``DDPMScheduler`` (linear 1e-4…0.02, T = 1000), Adam 1e-4, cosine warm restarts stepped every
 iteration (T_0, ×T_mult), CPD inside the UNet. Additions: whole-context dropout so the model also
 learns an unconditional mode (classifier-free guidance, context generation), a working EMA,
-an optional higher learning rate for the context projection (specs/demo-world-feasibility.md),
+an optional higher learning rate for the context projection (helps a small LDM learn identity),
 and a global batch fixed by config and split over the processes. One step (`LDMTraining.step`)
 is shared with ``benchmarks/bench_ldm.py``.
 """
@@ -47,7 +47,7 @@ PREVIEW_STREAM = 1 << 20
 @dataclass(frozen=True)
 class LDMTrainConfig(StageSettings, section="ldm.train"):
     """``unet`` holds the reference yaml keys; the rest is config ``ldm.train``, whose schema
-    defaults are ADMIS's recipe (specs §5)."""
+    defaults are ADMIS's recipe."""
 
     unet: dict[str, Any]
     num_train_timesteps: int

@@ -3,7 +3,7 @@
 `resnet_stages` is not an architecture: it holds the stage layout that IResNet and TFace IR share.
 
 Configs and checkpoints refer to an architecture by its registry name plus constructor arguments,
-so this table is the single place where a name becomes a class (STYLE.md, "For synface" 7).
+so this table is the single place where a name becomes a class.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
-"""Read and write ADMIS / IDiff-Face `ema_averaged_model_*.ckpt` files (specs/generative.md §7).
+"""Read and write ADMIS / IDiff-Face `ema_averaged_model_*.ckpt` files.
 
 Such a file is the state dict of the reference's DDPM training wrapper: its eight float32 schedule
 buffers (shape (T,)) first, then every UNet entry under the `eps_model.` prefix. The reference
 sampler loads it with `strict=False` and ignores the buffers, which hides both a wrong
-architecture and a different noise schedule (specs §20 gap 11). Here the UNet part loads strictly
+architecture and a different noise schedule. Here the UNet part loads strictly
 and the buffers must agree with the schedule the caller configured, so weights trained under
 another schedule are refused rather than sampled with the wrong noise levels.
 
-The schedule itself is diffusers' `DDPMScheduler` (STYLE.md "For synface" 8); only the eight
-derived buffers are computed here, because they are part of the file format.
+The schedule itself is diffusers' `DDPMScheduler`; only the eight derived buffers are computed
+here, because they are part of the file format.
 """
 
 from __future__ import annotations
@@ -48,10 +48,19 @@ RELEASED_WEIGHTS_HINT = (
 )
 
 
+def architecture_fix(path: Path) -> str:
+    """What makes a checkpoint of another architecture load: its UNet described beside it."""
+    return (
+        "the weights were trained with another UNet: put the model yaml they were trained with "
+        f"beside the checkpoint as {path.with_suffix('.yaml')}, or their ConditionalUNet "
+        f"arguments as the 'unet' of {path.with_suffix('.json')}"
+    )
+
+
 def admis_ddpm_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
     """The reference training schedule: linear betas 1e-4 … 0.02, rescaled by 1000/T.
 
-    specs §4.1: `linspace(1e-4·(1000/T), 0.02·(1000/T), T)` in float32, which is exactly what
+    The reference: `linspace(1e-4·(1000/T), 0.02·(1000/T), T)` in float32, which is exactly what
     `DDPMScheduler`'s "linear" schedule computes, so T=1000 gives the released model's betas.
     """
     if num_train_timesteps < 2:
@@ -66,7 +75,7 @@ def admis_ddpm_scheduler(num_train_timesteps: int = 1000) -> DDPMScheduler:
 
 
 def schedule_buffers(betas: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The eight wrapper buffers, float32, computed the way the reference does (specs §4.1).
+    """The eight wrapper buffers, float32, computed the way the reference does.
 
     `alpha_bars` is exp(cumsum(log(alphas))), not a cumulative product, and `sigmas` is sqrt(β),
     the ancestral sampler's variance, not the posterior one.
@@ -106,8 +115,8 @@ def load_admis_checkpoint(
 
     `scheduler` is the schedule the caller will sample with (default: `admis_ddpm_scheduler()`,
     the released models' T=1000 linear schedule); each of the eight stored buffers must match the
-    one derived from it. The released "EMA" files hold the raw weights (specs §6): they load the
-    same way.
+    one derived from it. The released "EMA" files hold the raw weights (the reference
+    trainer never updated its EMA copy): they load the same way.
     """
     path = Path(path)
     if not path.is_file():
@@ -178,7 +187,7 @@ def _check_unet_keys(
             f"{path}: the UNet weights do not fit the model: {len(missing)} missing keys "
             f"{missing[:5]}, {len(unexpected)} unexpected `{UNET_PREFIX}` keys {unexpected[:5]}, "
             f"{len(stray)} keys that are neither schedule buffers nor `{UNET_PREFIX}*` "
-            f"{stray[:5]}; build the UNet with the model yaml the weights were trained with"
+            f"{stray[:5]}; {architecture_fix(path)}"
         )
     wrong = [
         f"{key}: file {tuple(unet_state[key].shape)}, model {tuple(value.shape)}"
@@ -188,5 +197,5 @@ def _check_unet_keys(
     if wrong:
         raise ValueError(
             f"{path}: {len(wrong)} UNet entries have the wrong shape ({'; '.join(wrong[:3])}); "
-            "build the UNet with the model yaml the weights were trained with"
+            + architecture_fix(path)
         )

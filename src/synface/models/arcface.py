@@ -1,8 +1,8 @@
-"""ArcFace margin head with TFace's maths (specs/recognition.md §5.2), on one full classifier.
+"""ArcFace margin head with TFace's maths, on one full classifier.
 
-TFace shards the classifier column-wise across ranks (§5.1) and computes the softmax across shards
-(§6); on one process that reduces to this module followed by `torch.nn.functional.cross_entropy`.
-The `kernel` name and its (embedding_size, num_classes) shape match TFace's head checkpoints (§9).
+TFace shards the classifier column-wise across ranks and computes the softmax across shards;
+on one process that reduces to this module followed by `torch.nn.functional.cross_entropy`.
+The `kernel` name and its (embedding_size, num_classes) shape match TFace's head checkpoints.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ class ArcFaceOutput(NamedTuple):
 
 
 class ArcFaceHead(nn.Module):
-    """Additive angular margin: the target logit becomes s·cos(θ + m) (specs §5.2).
+    """Additive angular margin: the target logit becomes s·cos(θ + m).
 
-    Unlike insightface's `CombinedMarginLoss` (specs §10), the gradient flows through the margin,
+    Unlike insightface's `CombinedMarginLoss`, the gradient flows through the margin,
     and targets with θ + m > π fall back to s·(cos θ − m·sin m) so the logit stays monotonic in θ.
     """
 
@@ -40,7 +40,7 @@ class ArcFaceHead(nn.Module):
             )
         self.scale = scale
         self.margin = margin
-        # normal(std=0.01) as TFace (specs §5.1); the scale is irrelevant after column normalisation
+        # normal(std=0.01) as TFace; the scale is irrelevant after column normalisation
         # but it sets the effective learning rate of the directions.
         self.kernel = nn.Parameter(torch.empty(embedding_size, num_classes).normal_(std=0.01))
 
@@ -51,7 +51,7 @@ class ArcFaceHead(nn.Module):
                 "embeddings must be (N, embedding_size) and labels (N,), "
                 f"got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
             )
-        # The head always runs in fp32, even when the backbone ran under autocast (specs §5.2).
+        # The head always runs in fp32, even when the backbone ran under autocast.
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             cos = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.kernel.float(), dim=0)
             cos = cos.clamp(-1.0, 1.0)
@@ -60,7 +60,7 @@ class ArcFaceHead(nn.Module):
             # into NaN gradients; below 1e-12 the value moves by at most 1e-6·sin m.
             sin = (1.0 - target * target).clamp_min(1e-12).sqrt()
             with_margin = target * math.cos(self.margin) - sin * math.sin(self.margin)
-            # TFace's "th/mm" fallback for θ > π − m (specs §5.2).
+            # TFace's "th/mm" fallback for θ > π − m.
             threshold = math.cos(math.pi - self.margin)
             fallback = target - math.sin(math.pi - self.margin) * self.margin
             target = torch.where(target > threshold, with_margin, fallback)

@@ -1,10 +1,10 @@
-"""IDiff-Face / ADMIS denoising UNet `ConditionalUNet`, re-implemented from specs/generative.md §3.
+"""IDiff-Face / ADMIS denoising UNet `ConditionalUNet`, re-implemented from the reference.
 
 The parameter layout reproduces the reference key for key and in the same state-dict order, so
-released `ema_averaged_model_*.ckpt` weights load strictly (specs §7, §20 gap 11); the function is
+released `ema_averaged_model_*.ckpt` weights load strictly; the function is
 pinned by the `admis_unet_ca_cpd25` and `admis_unet_tiny` fixtures in `tests/fixtures/reference/`.
 
-Two ways for the identity context to enter are implemented (specs §3.1):
+Two ways for the identity context to enter are implemented:
 - "CA" (the released IDiff-Face and ADMIS models): the context reaches the network only through
   the cross-attention blocks, as 32 tokens of 256 channels per block;
 - "AdaGN": the context is added to the time embedding of every residual block, and the attention
@@ -36,7 +36,7 @@ CONDITION_TYPES: tuple[str, ...] = ("CA", "AdaGN")
 
 # Every GroupNorm of the UNet uses 32 groups and eps 1e-5 (fixture README, "Behaviour").
 GROUPS = 32
-# The sinusoidal time features use periods up to 10000 steps (specs §3.2).
+# The sinusoidal time features use periods up to 10000 steps.
 MAX_PERIOD = 10000
 
 
@@ -44,7 +44,7 @@ def _zero_init(module: nn.Module) -> nn.Module:
     """Zero a layer that ends a residual branch, so a fresh block starts as the identity.
 
     The reference zero-initialises every residual `conv2`, every cross-attention `x_proj_out` and
-    the output conv (specs §3.2), which makes a freshly built model predict ε = 0.
+    the output conv, which makes a freshly built model predict ε = 0.
     """
     for parameter in module.parameters():
         nn.init.zeros_(parameter)
@@ -52,7 +52,7 @@ def _zero_init(module: nn.Module) -> nn.Module:
 
 
 class SinusoidalTimeEmbedding(nn.Module):
-    """Integer step index → `4·initial_channels` features (specs §3.2).
+    """Integer step index → `4·initial_channels` features.
 
     The sinusoid has `n_channels/4` features, cosines first; t is the raw step 0..T-1, not rescaled.
     The frequency table is recomputed in float32 on every call rather than stored, because the
@@ -89,7 +89,7 @@ class AdaptiveGroupNorm(nn.Module):
 class ResidualBlock(nn.Module):
     """GN → SiLU → conv → adaptive GN from the time (and, for AdaGN, context) embedding → conv.
 
-    specs §3.2 "ResidualBlock". The reference follows the second SiLU with `Dropout(p=0.0)`, which
+    The reference follows the second SiLU with `Dropout(p=0.0)`, which
     has no parameters and no effect, so it is left out.
     """
 
@@ -103,7 +103,7 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.GroupNorm(GROUPS, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        # Sequential(SiLU, Linear): the reference's key index `.1` (specs §3.3).
+        # Sequential(SiLU, Linear): the reference's key index `.1`.
         self.time_emb = nn.Sequential(nn.SiLU(), nn.Linear(time_channels, out_channels))
         # AdaGN only: the context shifts the same embedding that drives scale and shift.
         self.context_emb = (
@@ -135,7 +135,7 @@ class ResidualBlock(nn.Module):
 class MultiHeadAttention(nn.Module):
     """Multi-head attention over channels-first tokens (B, C, L) with 1×1 Conv1d projections.
 
-    Heads split the channels contiguously (specs §3.2). `backend` is a plain attribute, so a
+    Heads split the channels contiguously. `backend` is a plain attribute, so a
     benchmark can switch a built model between the fused and the reference formulation.
     """
 
@@ -178,7 +178,7 @@ class MultiHeadAttention(nn.Module):
         return out.transpose(-1, -2)
 
     def _matmul(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # The reference formulation (specs §3.2): the scale is split between q and k (kinder to
+        # The reference formulation: the scale is split between q and k (kinder to
         # fp16 than scaling the scores afterwards) and the softmax runs in float32.
         scale = self.head_channels**-0.25
         scores = (self._heads(q) * scale) @ (self._heads(k) * scale).transpose(-1, -2)
@@ -187,7 +187,7 @@ class MultiHeadAttention(nn.Module):
 
 
 class CrossAttentionBlock(nn.Module):
-    """The reference `SpatialEmbeddingCrossAttentionBlock` (specs §3.2), the only context entry
+    """The reference `SpatialEmbeddingCrossAttentionBlock`, the only context entry
     point of a CA model.
 
     Self-attention, cross-attention to the context tokens and a feed-forward layer, each
@@ -222,7 +222,7 @@ class CrossAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         h = self.x_proj_in(x).flatten(2)
-        # "b (n d) -> b n d" with n = context channels: channel-major split (specs §3.2).
+        # "b (n d) -> b n d" with n = context channels: channel-major split.
         tokens = self.c_norm(
             self.c_proj_in(c).view(batch, self.context_channels, self.n_context_tokens)
         )
@@ -235,7 +235,7 @@ class CrossAttentionBlock(nn.Module):
 class SelfAttentionBlock(nn.Module):
     """The reference `SpatialSelfAttentionBlock`: GN → multi-head self-attention → residual.
 
-    Used wherever attention is on in AdaGN and unconditional models (specs §3.2). Unlike the
+    Used wherever attention is on in AdaGN and unconditional models. Unlike the
     cross-attention block it has no projections and nothing zero-initialised.
     """
 
@@ -265,7 +265,7 @@ class UNetBlock(nn.Module):
 
 
 class MiddleBlock(nn.Module):
-    """Residual block, attention (always on), residual block (specs §3.2)."""
+    """Residual block, attention (always on), residual block."""
 
     def __init__(self, res1: ResidualBlock, attn: nn.Module, res2: ResidualBlock) -> None:
         super().__init__()
@@ -278,7 +278,7 @@ class MiddleBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 3×3 conv; sits at its own index of `down` (specs §3.3)."""
+    """Stride-2 3×3 conv; sits at its own index of `down`."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -289,7 +289,7 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Stride-2 4×4 transposed conv; takes no skip (specs §3.3)."""
+    """Stride-2 4×4 transposed conv; takes no skip."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -347,7 +347,7 @@ class ConditionalUNet(nn.Module):
     `attention_heads <= 0` means one head per `attention_head_channels` channels.
     `attention_backend` is ours, not a reference key.
 
-    Context handling (specs §3.2, §4.3): `context` (B, context_input_channels) is projected to the
+    Context handling: `context` (B, context_input_channels) is projected to the
     shared `context_channels` embedding; rows where `dropout_mask` is True are replaced by the
     "empty" embedding (zeros, or a learned vector with `learn_empty_context`), which is how whole
     contexts are dropped for an unconditional mode; then element-wise dropout with
@@ -388,7 +388,7 @@ class ConditionalUNet(nn.Module):
         blocks = _BlockFactory(
             time_channels=4 * initial_channels,
             # The context enters the residual blocks only in AdaGN, the attention blocks only in
-            # CA, and neither in an unconditional model (specs §3.2).
+            # CA, and neither in an unconditional model.
             block_context=(
                 context_channels if condition == "AdaGN" and is_context_conditional else None
             ),
@@ -456,7 +456,7 @@ class ConditionalUNet(nn.Module):
             if isinstance(module, Upsample):
                 h = module(h)
             else:
-                # Current features first, skip second (specs §3.2 "Skip connections").
+                # Current features first, skip second.
                 h = module(torch.cat((h, skips.pop()), dim=1), t_emb, c)
         return self.final(F.silu(self.norm(h)))
 
@@ -464,7 +464,7 @@ class ConditionalUNet(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None, dropout_mask: torch.Tensor | None
     ) -> torch.Tensor | None:
         """The shared context embedding c (B, context_channels), or None for an unconditional
-        model (specs §3.2 "Context path")."""
+        model."""
         if not self.is_context_conditional:
             if context is not None or dropout_mask is not None:
                 raise ValueError(
@@ -525,7 +525,7 @@ def _context_path(
 ) -> tuple[nn.Module, nn.Module, nn.Parameter | None]:
     """Element-wise context dropout ("CPD"), the projection to the shared `context_channels`
     embedding (an embedding table for class labels, a linear map for embedding vectors) and the
-    learned empty embedding, in the reference's state-dict order (specs §3.2 "Context path").
+    learned empty embedding, in the reference's state-dict order.
 
     The empty embedding is None when it is zeros: those are made on the fly, because the reference
     keeps the zero vector out of the state dict (fixture notes); a learned one is
@@ -553,7 +553,7 @@ def _down_path(
     n_blocks_per_resolution: int,
 ) -> list[nn.Module]:
     """Per level, shallowest first: n blocks at the level's width, then a downsampler except at
-    the deepest level (specs §3.3)."""
+    the deepest level."""
     down: list[nn.Module] = []
     in_channels = initial_channels
     for level, (width, has_attention) in enumerate(zip(widths, is_attention, strict=True)):
@@ -574,7 +574,7 @@ def _up_path(
     n_blocks_per_resolution: int,
 ) -> list[nn.Module]:
     """Per level, deepest first: n blocks at the level's width, one that reduces to the next
-    shallower width, then an upsampler except at full resolution (specs §3.3).
+    shallower width, then an upsampler except at full resolution.
 
     Each block's input is its own width plus the width of the skip it pops: the skips are the
     image projection's output and then each module of `down`, consumed last first.
@@ -593,7 +593,7 @@ def _up_path(
 
 
 def _condition_type(condition_type: str) -> str:
-    """Canonical spelling; the reference compares case-insensitively (specs §3.1)."""
+    """Canonical spelling; the reference compares case-insensitively."""
     for known in CONDITION_TYPES:
         if condition_type.lower() == known.lower():
             return known
@@ -606,7 +606,7 @@ def _condition_type(condition_type: str) -> str:
 def _level_widths(
     initial_channels: int, channel_multipliers: Sequence[int], is_attention: Sequence[bool]
 ) -> list[int]:
-    """Compounded level widths: each multiplier scales the previous level (specs §3.1)."""
+    """Compounded level widths: each multiplier scales the previous level."""
     if not channel_multipliers:
         raise ValueError("channel_multipliers must name at least one level, e.g. [1, 2, 2, 2]")
     if len(is_attention) != len(channel_multipliers):

@@ -1,12 +1,12 @@
-"""insightface / ElasticFace IResNet backbones, re-implemented from specs/recognition.md §10–§11.
+"""insightface / ElasticFace IResNet backbones, re-implemented.
 
 The parameter layout reproduces insightface arcface_torch `backbones/iresnet.py` key for key and in
 the same state-dict order (r50: 475 entries, r100: 925), so `build_model("iresnet", depth=100)`
-loads ElasticFace's `295672backbone.pth` with `strict=True` (§11), the identity encoder of the
+loads ElasticFace's `295672backbone.pth` with `strict=True`, the identity encoder of the
 generative stage. The network is pinned by the `iresnet50` and `iresnet100` fixtures in
 `tests/fixtures/reference/`.
 
-Differences from TFace IR (`tface_ir.py`), on purpose and not weight compatible (§13.3): every
+Differences from TFace IR (`tface_ir.py`), on purpose and not weight compatible: every
 stage's first block, including stage 1, has a 1×1-conv + BN shortcut (TFace subsamples by max-pool
 where the width does not change), and the embedding BatchNorm1d has an affine weight frozen at 1.
 
@@ -24,13 +24,13 @@ from torch import nn
 
 from synface.models import resnet_stages
 
-# Blocks per stage (§10); the depth is the name's number (r50 → 50).
+# Blocks per stage; the depth is the name's number (r50 → 50).
 BLOCKS_PER_STAGE: dict[int, resnet_stages.StageDepths] = {
     **resnet_stages.COMMON_DEPTHS,
     200: (6, 26, 60, 6),
 }
 
-# Every BatchNorm of the reference sets eps explicitly to PyTorch's default (§10).
+# Every BatchNorm of the reference sets eps explicitly to PyTorch's default.
 BN_EPS = 1e-5
 
 
@@ -39,7 +39,7 @@ def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 
 class IBasicBlock(nn.Module):
-    """BN → conv3×3 → BN → PReLU → conv3×3 (stride here) → BN, plus the shortcut (§10).
+    """BN → conv3×3 → BN → PReLU → conv3×3 (stride here) → BN, plus the shortcut.
 
     No activation follows the residual add. Attribute order = the reference's state-dict order
     (fixture manifest): bn1, conv1, bn2, prelu, conv2, bn3, downsample.
@@ -55,7 +55,7 @@ class IBasicBlock(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_channels, eps=BN_EPS)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_channels != out_channels:
-            # A conv shortcut even for stage 1's 64 → 64 stride-2 block (§10).
+            # A conv shortcut even for stage 1's 64 → 64 stride-2 block.
             self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(out_channels, eps=BN_EPS),
@@ -73,18 +73,18 @@ class IResNet(nn.Module):
     """IResNet mapping (N, 3, s, s) RGB images in [-1, 1] to raw (N, num_features) embeddings.
 
     The output is not L2-normalised: the margin head, the evaluation protocol and embedding
-    extraction do that (§10, §11). `build_model("iresnet", depth=100)` is ElasticFace's
+    extraction do that. `build_model("iresnet", depth=100)` is ElasticFace's
     `iresnet100(num_features=512, use_se=False)`.
 
     Args:
         depth: 18, 34, 50, 100 or 200 (the reference's factory name `iresnet<depth>`).
         num_features: embedding width (reference argument).
-        dropout: dropout before `fc`; ElasticFace r50 trains with 0.4, r100 with 0 (§11).
+        dropout: dropout before `fc`; ElasticFace r50 trains with 0.4, r100 with 0.
         fp16: run the trunk under CUDA fp16 autocast and `fc`/`features` in fp32, as the
-            reference does (§10); no effect on CPU tensors, as in the reference.
+            reference does; no effect on CPU tensors, as in the reference.
         pretrained: the reference factories' flag; must be False: load weights with
             `load_state_dict` instead (the reference raises too).
-        use_se: ElasticFace's flag; must be False, which is how its checkpoints were trained (§11).
+        use_se: ElasticFace's flag; must be False, which is how its checkpoints were trained.
         input_size: square input side, divisible by 16 (synface extension; reference: 112).
         channels: the four stage widths (synface extension; reference: 64, 128, 256, 512).
     """
@@ -110,7 +110,7 @@ class IResNet(nn.Module):
         self.conv1 = _conv3x3(3, widths[0])
         self.bn1 = nn.BatchNorm2d(widths[0], eps=BN_EPS)
         self.prelu = nn.PReLU(widths[0])
-        # The first block of every stage halves the resolution (§10).
+        # The first block of every stage halves the resolution.
         stages = resnet_stages.build_stages(IBasicBlock, widths[0], widths, blocks)
         self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Sequential(*s) for s in stages)
         self.bn2 = nn.BatchNorm2d(widths[-1], eps=BN_EPS)
@@ -122,7 +122,7 @@ class IResNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """Reference init (§10): conv N(0, 0.1), BN (1, 0), `fc` and PReLU keep PyTorch's.
+        """Reference init: conv N(0, 0.1), BN (1, 0), `fc` and PReLU keep PyTorch's.
 
         `features.weight` is 1 and frozen, so the embedding BN only learns a shift; it stays an
         ordinary state-dict entry.
@@ -141,7 +141,7 @@ class IResNet(nn.Module):
         with amp:
             x = self.prelu(self.bn1(self.conv1(x)))
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            # BN → flatten (channel-major C, H, W) → dropout, then fc in fp32 (§10).
+            # BN → flatten (channel-major C, H, W) → dropout, then fc in fp32.
             x = self.dropout(torch.flatten(self.bn2(x), 1))
         return self.features(self.fc(x.float()))
 

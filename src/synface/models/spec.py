@@ -23,7 +23,7 @@ DEFAULT_INPUT_SIZE = 112
 def load_backbone(weights: Path) -> tuple[nn.Module, int]:
     """Rebuild a backbone from `weights` and its `.json` spec, in eval mode; returns its input size.
 
-    The state dict is loaded strictly with `weights_only=True` (DESIGN.md §6), so a spec that
+    The state dict is loaded strictly with `weights_only=True`, so a spec that
     does not match the weights fails here rather than producing wrong embeddings.
     """
     weights = Path(weights)

@@ -1,8 +1,8 @@
-"""TFace IR backbones (IR-18/34/50/100), re-implemented from specs/recognition.md §4.
+"""TFace IR backbones (IR-18/34/50/100), re-implemented.
 
 The parameter layout reproduces TFace's `model_irse.Backbone(input_size, depth, "ir")` key for key
 and in the same state-dict order, so TFace `Backbone_Epoch_*_checkpoint.pth` files load strictly and
-our checkpoints load into TFace (specs §9). The network is pinned by the `tface_ir50` fixture in
+our checkpoints load into TFace. The network is pinned by the `tface_ir50` fixture in
 `tests/fixtures/reference/`.
 
 Beyond TFace (which accepts 112 and 224 only) any square input divisible by 16 and any four stage
@@ -18,23 +18,23 @@ from torch import nn
 
 from synface.models import resnet_stages
 
-# Units per stage (specs §4). 152/200 use bottleneck units and are not implemented.
+# Units per stage. 152/200 use bottleneck units and are not implemented.
 BLOCKS_PER_STAGE: dict[int, resnet_stages.StageDepths] = resnet_stages.COMMON_DEPTHS
-# TFace's `IR_101` factory builds the 100-layer network (specs §4).
+# TFace's `IR_101` factory builds the 100-layer network.
 DEPTH_ALIASES: dict[int, int] = {101: 100}
 
 
 class BasicBlockIR(nn.Module):
     """Pre-activation-style IR unit: BN → conv → BN → PReLU → strided conv → BN, plus shortcut.
 
-    There is no activation after the residual add (specs §4). The shortcut is registered before
+    There is no activation after the residual add. The shortcut is registered before
     `res_layer` because that is TFace's state-dict order (fixture manifest).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         if in_channels == out_channels:
-            # Parameter-free subsampling, also for the stride-2 first unit of stage 1 (specs §4),
+            # Parameter-free subsampling, also for the stride-2 first unit of stage 1,
             # where insightface uses a conv instead.
             self.shortcut_layer: nn.Module = nn.MaxPool2d(kernel_size=1, stride=stride)
         else:
@@ -47,7 +47,7 @@ class BasicBlockIR(nn.Module):
             nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.PReLU(out_channels),
-            # The stride sits on the second conv (specs §4).
+            # The stride sits on the second conv.
             nn.Conv2d(out_channels, out_channels, 3, stride=stride, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
         )
@@ -59,8 +59,8 @@ class BasicBlockIR(nn.Module):
 class TFaceIR(nn.Module):
     """TFace IR backbone mapping (N, 3, s, s) images in [-1, 1] to raw (N, embedding_size) features.
 
-    The output is not L2-normalised: the margin head and the evaluation protocol do that
-    (specs §4, §5.2). `build_model("tface_ir", depth=50, input_size=112)` is TFace's IR_50.
+    The output is not L2-normalised: the margin head and the evaluation protocol do that.
+    `build_model("tface_ir", depth=50, input_size=112)` is TFace's IR_50.
     """
 
     def __init__(
@@ -88,20 +88,20 @@ class TFaceIR(nn.Module):
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(widths[-1]),
             nn.Dropout(dropout),
-            # Channel-major (C, H, W) flattening, as TFace's `x.view(N, -1)` (specs §4).
+            # Channel-major (C, H, W) flattening, as TFace's `x.view(N, -1)`.
             nn.Flatten(),
             nn.Linear(widths[-1] * final_size * final_size, embedding_size),
-            # No affine parameters: only running statistics appear in the state dict (specs §4).
+            # No affine parameters: only running statistics appear in the state dict.
             nn.BatchNorm1d(embedding_size, affine=False),
         )
-        # The first unit of every stage halves the resolution (specs §4); TFace keeps them flat.
+        # The first unit of every stage halves the resolution; TFace keeps them flat.
         stages = resnet_stages.build_stages(BasicBlockIR, widths[0], widths, blocks)
         self.body = nn.Sequential(*(unit for stage in stages for unit in stage))
 
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """TFace `common.initialize_weights` (specs §4); PReLU keeps PyTorch's 0.25 slope."""
+        """TFace `common.initialize_weights`; PReLU keeps PyTorch's 0.25 slope."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")

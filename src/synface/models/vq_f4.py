@@ -1,8 +1,8 @@
-"""The frozen VQ-f4 first stage of IDiff-Face / ADMIS, re-implemented from specs/generative.md §2.
+"""The frozen VQ-f4 first stage of IDiff-Face / ADMIS, re-implemented from CompVis latent-diffusion.
 
 `VQEncoder` and `VQDecoder` mirror the reference `VQEncoderInterface` / `VQDecoderInterface`
-key for key, so the released `first_stage_{encoder,decoder}_state_dict.pt` files load strictly
-(specs §2.3). Unlike the reference, the constructors take `embed_dim` and `n_embed` as arguments
+key for key, so the released `first_stage_{encoder,decoder}_state_dict.pt` files load strictly.
+Unlike the reference, the constructors take `embed_dim` and `n_embed` as arguments
 instead of hard-coding 3 and 8192, and never read files: `load_first_stage` does that.
 The function is pinned by the `vq_f4_*` fixtures in `tests/fixtures/reference/`.
 """
@@ -20,10 +20,10 @@ from torch import nn
 from synface import checkpoint
 from synface.models.vq_modules import AutoencoderConfig, Decoder, Encoder, VectorQuantizer
 
-# The released file names (specs §2.3); the loader's errors name them.
+# The released file names; the loader's errors name them.
 ENCODER_FILE = "first_stage_encoder_state_dict.pt"
 DECODER_FILE = "first_stage_decoder_state_dict.pt"
-# Key prefix of the first stage inside an LDM ffhq256 `model.ckpt` (specs §2.3).
+# Key prefix of the first stage inside an LDM ffhq256 `model.ckpt`.
 LDM_PREFIX = "first_stage_model."
 # How many offending keys an error message lists.
 KEYS_SHOWN = 5
@@ -33,7 +33,7 @@ class VQEncoder(nn.Module):
     """Image in [-1, 1] (N, 3, s, s) -> pre-quantisation latent (N, embed_dim, s/4, s/4).
 
     `quant_conv(encoder(x))`, never quantised: the diffusion model is trained on this latent as
-    is, without a scale factor (specs §2.1).
+    is, without a scale factor.
     """
 
     def __init__(
@@ -41,7 +41,7 @@ class VQEncoder(nn.Module):
     ) -> None:
         super().__init__()
         # The encoder has no codebook; `n_embed` is accepted so that one first-stage config
-        # (ddconfig, embed_dim, n_embed) builds both halves (DESIGN.md §5).
+        # (ddconfig, embed_dim, n_embed) builds both halves.
         del n_embed
         config = AutoencoderConfig.from_mapping(ddconfig)
         self.encoder = Encoder(config)
@@ -55,7 +55,7 @@ class VQDecoder(nn.Module):
     """Latent (N, embed_dim, r, r) -> image (N, 3, 4r, 4r) in about [-1, 1], not clamped.
 
     The latent is snapped to its nearest codebook vector before decoding unless
-    `force_not_quantize` is set: sampled latents are decoded with quantisation (specs §2.1, §12).
+    `force_not_quantize` is set: sampled latents are decoded with quantisation.
     """
 
     def __init__(
@@ -83,9 +83,9 @@ def load_first_stage(
 ) -> tuple[VQEncoder, VQDecoder]:
     """Build both halves on the CPU, load the released files strictly, return them frozen.
 
-    The first stage is never trained here (specs §2), so both come back in eval mode without
+    The first stage is never trained here, so both come back in eval mode without
     gradients; the caller moves them with `.to(device)`. Files are read with
-    `weights_only=True` (DESIGN.md §6).
+    `weights_only=True`.
     """
     encoder = VQEncoder(ddconfig, embed_dim=embed_dim, n_embed=n_embed)
     decoder = VQDecoder(ddconfig, embed_dim=embed_dim, n_embed=n_embed)

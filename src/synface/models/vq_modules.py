@@ -1,5 +1,5 @@
 """CompVis/taming-style autoencoder blocks, `Encoder` and `Decoder`, re-implemented from
-specs/generative.md §2.2 and the VQ notes of `shared/fixtures/reference/README.md`.
+CompVis latent-diffusion's `ldm/modules/diffusionmodules/model.py`.
 
 Attribute names and registration order reproduce the reference `modules.py` state-dict layout
 (`down.N.block.M.norm1`, `mid.attn_1.q`, `up.N.upsample.conv`, ...), so the released VQ-f4
@@ -16,14 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Every norm in the first stage: 32 groups, eps 1e-6, affine (specs §2.2).
+# Every norm in the first stage: 32 groups, eps 1e-6, affine.
 NORM_GROUPS = 32
 NORM_EPS = 1e-6
 
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    """The reference `ddconfig` (specs §2.1), validated once and shared by encoder and decoder.
+    """The reference `ddconfig`, validated once and shared by encoder and decoder.
 
     All ten keys of `first_stage_config.yaml` are required so that a config that silently drops
     one (and falls back to a different default) cannot build a different network.
@@ -66,7 +66,7 @@ class AutoencoderConfig:
         )
         if config.double_z:
             # double_z makes the encoder emit a KL autoencoder's mean and log-variance; a VQ
-            # first stage feeds z_channels into quant_conv (specs §2.1: double_z false).
+            # first stage feeds z_channels into quant_conv (double_z false).
             raise ValueError(
                 "ddconfig.double_z must be false for a VQ first stage (true is a KL autoencoder); "
                 "set double_z: false"
@@ -85,7 +85,7 @@ class AutoencoderConfig:
 
 
 def normalize(channels: int) -> nn.GroupNorm:
-    """The first stage's only norm (specs §2.2)."""
+    """The first stage's only norm."""
     return nn.GroupNorm(NORM_GROUPS, channels, eps=NORM_EPS, affine=True)
 
 
@@ -96,7 +96,7 @@ def swish(x: torch.Tensor) -> torch.Tensor:
 
 class ResnetBlock(nn.Module):
     """norm1 → swish → conv1 → norm2 → swish → dropout → conv2, plus a 1×1 `nin_shortcut` when the
-    width changes. The first stage passes no time embedding, so there is no `temb_proj` (§2.2).
+    width changes. The first stage passes no time embedding, so there is no `temb_proj`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
@@ -144,7 +144,7 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Pad right and bottom by one pixel, then a 3×3 stride-2 conv without padding (§2.2)."""
+    """Pad right and bottom by one pixel, then a 3×3 stride-2 conv without padding."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -155,7 +155,7 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest ×2, then a 3×3 conv (§2.2)."""
+    """Nearest ×2, then a 3×3 conv."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -214,7 +214,7 @@ class UpLevel(ResolutionLevel):
 
 
 class MidBlock(nn.Module):
-    """ResNet block, self-attention, ResNet block at the lowest resolution (§2.2)."""
+    """ResNet block, self-attention, ResNet block at the lowest resolution."""
 
     def __init__(self, channels: int, dropout: float) -> None:
         super().__init__()
@@ -257,7 +257,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latent (N, z_channels, r, r) -> image (N, out_ch, r·f, r·f); no tanh at the end (§2.2)."""
+    """Latent (N, z_channels, r, r) -> image (N, out_ch, r·f, r·f); no tanh at the end."""
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
@@ -271,7 +271,7 @@ class Decoder(nn.Module):
         levels: list[UpLevel] = []
         for index in reversed(range(len(widths))):
             block_out = widths[index]
-            # num_res_blocks + 1 blocks per level in the decoder (specs §2.2).
+            # num_res_blocks + 1 blocks per level in the decoder.
             pairs = [(block_in, block_out)] + [(block_out, block_out)] * config.num_res_blocks
             first = index == 0
             levels.insert(
@@ -291,7 +291,7 @@ class Decoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-codebook quantiser of the reference `VectorQuantizer2(legacy=True)` (specs §2.2).
+    """Nearest-codebook quantiser of the reference `VectorQuantizer2(legacy=True)`.
 
     Only the decode path uses it and the first stage is frozen, so the commitment loss (beta) and
     perplexity of the reference are not computed; the straight-through estimator is kept so a

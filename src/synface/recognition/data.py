@@ -28,7 +28,7 @@ class RecordDataset(Dataset):
     """(JPEG bytes, label, augmentation seed) of a TFace training index, read by byte offset
     with CRC check; a key is ``(index, augmentation seed)``, as `GlobalBatchSampler` yields.
 
-    Only the index lives in memory (STYLE.md §4: the index is the dataset); each DataLoader
+    Only the index lives in memory (the index is the dataset); each DataLoader
     worker opens every shard once, lazily.
     """
 
@@ -58,7 +58,7 @@ class RecordDataset(Dataset):
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """ADMIS training augmentation (recognition.md §3): flip, then an AdaFace-style crop
+    """ADMIS training augmentation: flip, then an AdaFace-style crop
     (config ``recognition.augment``; the schema holds the defaults)."""
 
     flip_p: float

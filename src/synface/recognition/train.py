@@ -1,6 +1,6 @@
 """IR + ArcFace recognition training with TFace's optimiser, step LR and checkpoint names.
 
-A function with a loop, not a class with hooks (STYLE.md "For synface" 11); the step itself,
+A function with a loop, not a class with hooks; the step itself,
 `recognition_train_step`, is shared with ``benchmarks/bench_train.py``. It runs alone or under
 ``torchrun --nproc-per-node N``; the global batch is fixed by config and split over the
 processes, so the recipe (and the data order) does not change with the GPU count.
@@ -38,7 +38,7 @@ from synface.settings import SettingsError, from_settings, schema_defaults
 
 log = logging.getLogger(__name__)
 
-# TFace checkpoint names (recognition.md §9). The head is trained data-parallel here, so its
+# TFace checkpoint names. The head is trained data-parallel here, so its
 # whole classifier is one split, the file a one-process TFace run would read.
 BACKBONE_FILE = "Backbone_Epoch_{n}_checkpoint.pth"
 HEAD_FILE = "HEAD_Epoch_{n}_Split_0_checkpoint.pth"
@@ -56,7 +56,7 @@ class HeadConfig:
 @dataclass(frozen=True)
 class RecipeConfig:
     """The optimisation recipe (config ``recognition.train``); the schema's defaults are
-    ADMIS's (recognition.md §7.4)."""
+    ADMIS's."""
 
     global_batch_size: int
     epochs: int
@@ -129,7 +129,7 @@ class RecognitionTrainConfig:
 
 
 def learning_rate(recipe: RecipeConfig, epoch: int, global_step: int) -> float:
-    """TFace's schedule: a step LR by 0-based epoch, overridden by a linear warm-up (§7.2)."""
+    """TFace's schedule: a step LR by 0-based epoch, overridden by a linear warm-up."""
     if recipe.warmup_steps > 0 and global_step <= recipe.warmup_steps:
         return global_step * recipe.lrs[0] / recipe.warmup_steps
     return recipe.lrs[bisect.bisect_right(recipe.stages, epoch)]
@@ -250,7 +250,7 @@ def _build(
         build_model("tface_ir", **cfg.model_args()),
         ArcFaceHead(embedding, classes, cfg.head.scale, cfg.head.margin),
     ).to(dist_info.device)
-    # Weight decay on every parameter, BN and PReLU included, as TFace really trains IR (§4).
+    # Weight decay on every parameter, BN and PReLU included, as TFace really trains IR.
     recipe = cfg.train
     optimizer = torch.optim.SGD(
         model.parameters(),
