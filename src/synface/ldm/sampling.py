@@ -83,8 +83,9 @@ class AdmisDDIMScheduler(DDIMScheduler):
 def make_sampler(training_config: dict, kind: str = "ddim") -> SchedulerMixin:
     """A sampling scheduler built from the training scheduler's config (diffusers'
     ``from_config``: the same betas, another algorithm)."""
-    # No clipping of the predicted clean latent: the reference samplers do none (generative.md
-    # §12), and VQ latents are not confined to [-1, 1] (the demo codebook reaches 1.1).
+    # No clipping of the predicted clean latent: the reference samplers do none (their clip
+    # line is commented out), and VQ latents are not confined to [-1, 1] (the demo codebook
+    # reaches 1.1).
     if kind == "ddim":
         return DDIMScheduler.from_config(training_config, clip_sample=False)
     if kind == "ddim_admis":
@@ -138,5 +139,5 @@ def _unet_precision(scheduler: SchedulerMixin, device: torch.device) -> Abstract
 
 def image_noise(seed: int, identity: int, k: int, shape: tuple[int, ...]) -> torch.Tensor:
     """The starting noise of image ``k`` of identity ``identity``: a function of (seed, i, k)
-    alone, so results do not depend on shard size, batch size or device count (DESIGN.md §2)."""
+    alone, so results do not depend on shard size, batch size or device count."""
     return torch.randn(shape, generator=step_generator(seed, identity, k))
