@@ -44,7 +44,7 @@ from synface import __version__
 from synface.io.atomic import write_json
 from synface.ldm.faces import FaceGenerator, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
-from synface.ldm.sampling import SAMPLERS
+from synface.ldm.sampling import SAMPLERS, SamplingSettings
 from synface.models.vq_f4 import DECODER_FILE
 from synface.settings import StageSettings
 
@@ -62,15 +62,11 @@ JOURNAL_SUFFIX = ".running"
 
 
 @dataclass(frozen=True)
-class SynthesisSettings(StageSettings, section="synthesis"):
+class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
     """How faces are sampled (config section ``synthesis``; defaults in the schema)."""
 
-    seed: int
     sampler: str
-    steps: int
-    guidance_scale: float
     eta: float
-    batch_size: int
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS or self.steps < 1 or self.batch_size < 1:

@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 from synface.io.atomic import atomic_path, write_json
 from synface.io.embeddings import read_embeddings
 from synface.ldm.faces import FaceEmbedder, FaceGenerator
+from synface.ldm.sampling import SamplingSettings
 from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,11 @@ def retrieval(sample_embeddings: torch.Tensor, contexts: torch.Tensor) -> Identi
 
 
 @dataclass(frozen=True)
-class IdentityCheckSettings(StageSettings, section="ldm.identity_check"):
+class IdentityCheckSettings(SamplingSettings, StageSettings, section="ldm.identity_check"):
     """How the check samples (config section ``ldm.identity_check``; defaults in the schema)."""
 
     num_contexts: int
     samples_per_context: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    batch_size: int
 
 
 @torch.inference_mode()

@@ -10,6 +10,7 @@ empty context (``dropout_mask`` True), which it learns through whole-context dro
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
@@ -78,6 +79,18 @@ class AdmisDDIMScheduler(DDIMScheduler):
         if not return_dict:
             return (prev, x0)
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What every stage that samples faces chooses: the noise seed, the number of denoising
+    steps, the guidance scale and how many images go through the UNet at once. The identity
+    check and synthesis extend it with what only they need."""
+
+    seed: int
+    steps: int
+    guidance_scale: float
+    batch_size: int
 
 
 def make_sampler(training_config: dict, kind: str = "ddim") -> SchedulerMixin:
