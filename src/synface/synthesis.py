@@ -70,6 +70,7 @@ class SynthesisSettings(StageSettings, section="synthesis"):
     steps: int
     guidance_scale: float
     eta: float
+    antialias: bool
     batch_size: int
 
     def __post_init__(self) -> None:
@@ -241,7 +242,7 @@ def _generate(
             sampler=settings.sampler,
         )
         for (identity, k), face in zip(
-            chunk, resize_faces(faces[: len(chunk)], face_size), strict=True
+            chunk, resize_faces(faces[: len(chunk)], face_size, settings.antialias), strict=True
         ):
             temp = _temp_folder(out_dir, identity)
             temp.mkdir(parents=True, exist_ok=True)
@@ -269,8 +270,8 @@ def synthesize_shard(
     ``contexts``) and k < ``images_per_identity``; then a JSON summary to ``done_marker``
     (default ``out_dir/../shards/<start>-<stop>.json``), written last and atomically.
 
-    Faces are decoded, clamped, quantised to uint8 and, when the LDM's size differs from
-    ``face_size``, resized with antialiasing (128 -> 112 px on real runs).
+    Faces are decoded, clamped, quantised to uint8 and resized to ``face_size`` when the LDM's
+    size differs (128 -> 112 px on real runs), antialiased unless ``settings.antialias`` is off.
     """
     if images_per_identity < 1 or face_size < 1:
         raise ValueError(
