@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 from pathlib import Path
@@ -52,7 +51,9 @@ def test_flip_tta_sums_raw_embeddings_before_normalising() -> None:
     )
 
 
-def test_a_backbone_is_evaluated_on_every_pack(tmp_path: Path) -> None:
+def test_a_backbone_is_evaluated_on_every_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     model = build_model("tface_ir", depth=18, input_size=32, channels=(8, 8, 16, 16)).eval()
     weights = tmp_path / "backbone.pth"
@@ -77,9 +78,16 @@ def test_a_backbone_is_evaluated_on_every_pack(tmp_path: Path) -> None:
         packs[name] = tmp_path / f"{name}.bin"
         write_bin(packs[name], images, issame)
     results = evaluate_backbone(weights, packs, tmp_path / "eval.json", batch_size=8)
-    # fp32 (TFace's evaluation) on this CPU gives the same figures as the default bf16 does.
+    # evaluation.precision reaches every batch (recorded: this CPU runs fp32 either way, so
+    # TFace's fp32 gives the figures of the default bf16).
+    used: list[str] = []
+    autocast = benchmark.runtime.autocast
+    monkeypatch.setattr(
+        benchmark.runtime, "autocast", lambda d, p: used.append(p) or autocast(d, p)
+    )
     fp32 = evaluate_backbone(weights, packs, tmp_path / "f.json", batch_size=8, precision="fp32")
     assert fp32 == results
+    assert used == ["fp32"] * 10  # 2 packs of 40 images in batches of 8
     saved = json.loads((tmp_path / "eval.json").read_text())["benchmarks"]
     assert set(saved) == {"lfw", "cfp_fp"}
     # Two images of one person lie closer than images of two people, even through a random
@@ -125,16 +133,3 @@ def test_the_table_has_the_paper_columns_and_the_average(tmp_path: Path) -> None
     evaluation.write_text(json.dumps({"benchmarks": {"lfw": {"accuracy": 1.0}}}))
     with pytest.raises(ValueError, match="no result for cfp_fp"):
         write_results_table({"x": evaluation}, out / "a.md", out / "a.csv", out / "a.json")
-
-
-def test_evaluation_precision_reaches_the_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``evaluation.precision`` is what the pairs are embedded under (recorded: this CPU runs
-    fp32 either way)."""
-    used: list[str] = []
-    monkeypatch.setattr(
-        benchmark.runtime, "autocast", lambda d, p: used.append(p) or contextlib.nullcontext()
-    )
-    images = [_jpeg(np.zeros((32, 32, 3), np.uint8))] * 2
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))
-    embed_with_flip(model, images, 32, 8, torch.device("cpu"), precision="fp32")
-    assert used == ["fp32"]
