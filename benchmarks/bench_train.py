@@ -169,7 +169,7 @@ def train_step(
     """One step of synface.recognition.train, its own `recognition_train_step`."""
 
     def step(batch: Batch) -> None:
-        recognition_train_step(model, optimizer, batch[0], batch[1], device)
+        recognition_train_step(model, optimizer, batch[0], batch[1], device, "bf16")
 
     return step
 

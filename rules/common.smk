@@ -404,7 +404,7 @@ def get_set_shards(wildcards):
 
 
 def get_synthesis_params():
-    keys = ("seed", "sampler", "steps", "guidance_scale", "eta", "batch_size")
+    keys = ("seed", "sampler", "steps", "guidance_scale", "eta", "antialias", "batch_size")
     return settings({key: config["synthesis"][key] for key in keys})
 
 

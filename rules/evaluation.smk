@@ -16,9 +16,11 @@ rule evaluate:
     params:
         packs=get_evaluate_pack_args,
         batch_size=config["evaluation"]["batch_size"],
+        precision=config["evaluation"]["precision"],
     shell:
         "synface evaluate --weights {input.weights} {params.packs} --out {output.json} "
-        "--batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
+        "--batch-size {params.batch_size} --precision {params.precision} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule results_table:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,24 +22,38 @@ def _merged(base: dict, diff: dict) -> dict:
     return out
 
 
+def _base_of(diff: Path) -> Path | None:
+    """The shipped config a diff is layered over, as the usage in its first lines says
+    (`--configfile config/frcsyn.yaml tests/config/paper_micro.yaml`); None when it names no
+    other shipped config (a complete one, or a test diff over the demo's)."""
+    first_lines = "".join(diff.read_text().splitlines(keepends=True)[:3])
+    named = re.search(r"--configfile[\s#]+config/(\S+\.yaml)", first_lines)
+    return ROOT / "config" / named.group(1) if named and named.group(1) != diff.name else None
+
+
+def _validate_layered(path: Path, base: Path | None) -> None:
+    """Validate ``path`` over ``base`` (Snakemake's merge of two --configfile), or alone."""
+    layers = [path] if base is None else [base, path]
+    config = {}
+    for layer in layers:
+        config = _merged(config, yaml.safe_load(layer.read_text()))
+    validate_config(config, SCHEMA, read_sources(layers))
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path: Path) -> None:
-    validate_config(yaml.safe_load(path.read_text()), SCHEMA, read_sources([path]))
+    """Complete configs alone; an overlay (config/frcsyn-plus.yaml) over the config it names."""
+    _validate_layered(path, _base_of(path))
 
 
-def _base_of(diff: Path) -> Path:
-    """The shipped config a test diff is layered over: its first line says so for the paper
-    path (`--configfile config/frcsyn.yaml tests/config/paper_micro.yaml`), else the demo."""
-    first_lines = "".join(diff.read_text().splitlines(keepends=True)[:3])
-    name = "frcsyn.yaml" if "config/frcsyn.yaml" in first_lines else "config.yaml"
-    return ROOT / "config" / name
+def test_the_plus_preset_is_an_overlay_on_the_admis_preset() -> None:
+    assert _base_of(ROOT / "config" / "frcsyn-plus.yaml") == ROOT / "config" / "frcsyn.yaml"
+    assert _base_of(ROOT / "config" / "frcsyn.yaml") is None
 
 
 @pytest.mark.parametrize("path", TEST_DIFFS, ids=lambda p: p.name)
 def test_every_test_config_is_valid_over_its_shipped_config(path: Path) -> None:
-    base = _base_of(path)
-    config = _merged(yaml.safe_load(base.read_text()), yaml.safe_load(path.read_text()))
-    validate_config(config, SCHEMA, read_sources([base, path]))
+    _validate_layered(path, _base_of(path) or ROOT / "config" / "config.yaml")
 
 
 def _config_file(tmp_path: Path, edit) -> tuple[dict, Path]:
@@ -69,7 +84,7 @@ def test_a_mistyped_value_names_the_key(tmp_path: Path) -> None:
 def test_defaults_are_filled(tmp_path: Path) -> None:
     config, path = _config_file(tmp_path, lambda c: c.pop("evaluation"))
     validate_config(config, SCHEMA, read_sources([path]))
-    assert config["evaluation"] == {"batch_size": 64, "threads": 4}
+    assert config["evaluation"] == {"batch_size": 64, "threads": 4, "precision": "bf16"}
 
 
 def test_a_bad_command_line_value_is_blamed_on_the_command_line() -> None:

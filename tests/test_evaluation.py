@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from synface.evaluation import benchmark
 from synface.evaluation.benchmark import embed_with_flip, evaluate_backbone
 from synface.evaluation.table import write_results_table
 from synface.io.binpack import write_bin
@@ -50,7 +51,9 @@ def test_flip_tta_sums_raw_embeddings_before_normalising() -> None:
     )
 
 
-def test_a_backbone_is_evaluated_on_every_pack(tmp_path: Path) -> None:
+def test_a_backbone_is_evaluated_on_every_pack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     model = build_model("tface_ir", depth=18, input_size=32, channels=(8, 8, 16, 16)).eval()
     weights = tmp_path / "backbone.pth"
@@ -75,6 +78,16 @@ def test_a_backbone_is_evaluated_on_every_pack(tmp_path: Path) -> None:
         packs[name] = tmp_path / f"{name}.bin"
         write_bin(packs[name], images, issame)
     results = evaluate_backbone(weights, packs, tmp_path / "eval.json", batch_size=8)
+    # evaluation.precision reaches every batch (recorded: this CPU runs fp32 either way, so
+    # TFace's fp32 gives the figures of the default bf16).
+    used: list[str] = []
+    autocast = benchmark.runtime.autocast
+    monkeypatch.setattr(
+        benchmark.runtime, "autocast", lambda d, p: used.append(p) or autocast(d, p)
+    )
+    fp32 = evaluate_backbone(weights, packs, tmp_path / "f.json", batch_size=8, precision="fp32")
+    assert fp32 == results
+    assert used == ["fp32"] * 10  # 2 packs of 40 images in batches of 8
     saved = json.loads((tmp_path / "eval.json").read_text())["benchmarks"]
     assert set(saved) == {"lfw", "cfp_fp"}
     # Two images of one person lie closer than images of two people, even through a random

@@ -11,6 +11,7 @@ from torchvision.transforms.v2 import functional as tvf
 
 from synface.checkpoint import load
 from synface.packing import pack_tfrecords
+from synface.recognition import train as train_module
 from synface.recognition.data import (
     AugmentConfig,
     DecodeAugmentCollate,
@@ -274,3 +275,24 @@ def test_other_training_data_restarts_the_run(
     assert "architecture differ in classes" in caplog.text
     assert _logged_steps(run_dir) == [1, 2]  # 60 faces, 2 steps
     assert load(out)["output_layer.3.weight"].shape[0] == 64
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_configured_precision_reaches_every_training_step(
+    precision: str, packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``recognition.train.precision`` is what each step's forward runs under (recorded: on
+    this CPU both are fp32); the schema's default is synface's bf16."""
+    assert RecognitionTrainConfig.from_settings(TINY).train.precision == "bf16"
+    used: list[str] = []
+    autocast = train_module.runtime.autocast
+    monkeypatch.setattr(
+        train_module.runtime, "autocast", lambda d, p: used.append(p) or autocast(d, p)
+    )
+    settings = {**TINY, "train": {**TINY["train"], "epochs": 1, "precision": precision}}
+    cfg = RecognitionTrainConfig.from_settings(settings)
+    history = train_recognition(
+        packed / "TFR-toy.txt", packed, tmp_path / "b.pth", tmp_path / "run", cfg
+    )
+    assert len(used) == history[-1]["step"] > 0
+    assert set(used) == {precision}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -67,3 +69,29 @@ def test_autocast_on_the_cpu_keeps_float32() -> None:
         product = a @ b
     assert product.dtype == torch.float32
     assert torch.equal(product, a @ b)
+
+
+@pytest.mark.parametrize(("precision", "entered"), [("bf16", [torch.bfloat16]), ("fp32", [])])
+def test_fp32_precision_keeps_cuda_out_of_autocast(
+    precision: str, entered: list[torch.dtype], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a CUDA device gets, recorded (no GPU here): bf16 autocast, or none at all under
+    fp32 (TFace trains with `AMP: false` and evaluates in fp32)."""
+    calls: list[torch.dtype] = []
+
+    def record(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+        calls.append(dtype)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch, "autocast", record)
+    with runtime.autocast(torch.device("cuda"), precision):
+        pass
+    assert calls == entered
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with (
+        pytest.raises(ValueError, match="bf16, fp32"),
+        runtime.autocast(torch.device("cpu"), "fp16"),
+    ):
+        pass

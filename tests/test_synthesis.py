@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import decode_png, read_file
 
@@ -303,3 +304,22 @@ def test_faces_are_resized_to_the_face_size_with_antialiasing(tmp_path: Path) ->
         small = decode_png(read_file(str(tmp_path / "24" / "00000" / name)))
         assert small.shape == (3, 24, 24)
         assert np.abs(small.numpy().astype(int) - _pil_bilinear(full, 24)).max() <= 1
+
+
+def test_antialias_off_gives_admis_plain_bilinear_resize(tmp_path: Path) -> None:
+    """``synthesis.antialias: false`` is ADMIS's ``F.interpolate(mode="bilinear")``: on the
+    stripes of the test above it samples between the black columns (0, not 64), and the
+    written faces equal torch's plain bilinear interpolation of the full-size faces."""
+    stripes = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    stripes[..., ::4] = 255
+    assert resize_faces(stripes, 8, antialias=False).max() == 0
+    _synthesize(tmp_path / "32", range(1), images_per_identity=2)
+    _synthesize(tmp_path / "24", range(1), images_per_identity=2, face_size=24, antialias=False)
+    for name in ("000.png", "001.png"):
+        full = decode_png(read_file(str(tmp_path / "32" / "00000" / name)))
+        small = decode_png(read_file(str(tmp_path / "24" / "00000" / name)))
+        plain = F.interpolate(full[None].float(), size=[24, 24], mode="bilinear")[0]
+        assert (small.int() - plain.round().int()).abs().max() <= 1
+        assert np.abs(small.numpy().astype(int) - _pil_bilinear(full, 24)).max() > 1
+    recorded = json.loads((tmp_path / "24" / SETTINGS_FILE).read_text())
+    assert recorded["antialias"] is False

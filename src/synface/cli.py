@@ -248,6 +248,7 @@ def add_evaluate(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--pack", type=_named_path, action="append", required=True, dest="packs")
     _path(sub, "--out", "out_json")
     sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--precision", default="bf16", help="bf16 or fp32 (evaluation.precision)")
     _threads(sub)
 
 

@@ -67,6 +67,7 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
 
     sampler: str
     eta: float
+    antialias: bool
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS or self.steps < 1 or self.batch_size < 1:
@@ -237,7 +238,7 @@ def _generate(
             sampler=settings.sampler,
         )
         for (identity, k), face in zip(
-            chunk, resize_faces(faces[: len(chunk)], face_size), strict=True
+            chunk, resize_faces(faces[: len(chunk)], face_size, settings.antialias), strict=True
         ):
             temp = _temp_folder(out_dir, identity)
             temp.mkdir(parents=True, exist_ok=True)
@@ -265,8 +266,8 @@ def synthesize_shard(
     ``contexts``) and k < ``images_per_identity``; then a JSON summary to ``done_marker``
     (default ``out_dir/../shards/<start>-<stop>.json``), written last and atomically.
 
-    Faces are decoded, clamped, quantised to uint8 and, when the LDM's size differs from
-    ``face_size``, resized with antialiasing (128 -> 112 px on real runs).
+    Faces are decoded, clamped, quantised to uint8 and resized to ``face_size`` when the LDM's
+    size differs (128 -> 112 px on real runs), antialiased unless ``settings.antialias`` is off.
     """
     if images_per_identity < 1 or face_size < 1:
         raise ValueError(

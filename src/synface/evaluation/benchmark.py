@@ -67,13 +67,15 @@ def embed_with_flip(
     batch_size: int,
     device: torch.device,
     source: str = "the pack",
+    precision: str = "bf16",
 ) -> tuple[torch.Tensor, float]:
-    """L2-normalised (embedding(x) + embedding(flip x)) for every image, and the XNorm."""
+    """L2-normalised (embedding(x) + embedding(flip x)) for every image, and the XNorm;
+    ``precision`` as ``runtime.autocast`` (config ``evaluation.precision``)."""
     embeddings, norms = [], []
     for start in range(0, len(jpegs), batch_size):
         batch = jpegs[start : start + batch_size]
         images = normalize(decode_pack_images(batch, start, image_size, source)).to(device)
-        with runtime.autocast(device):
+        with runtime.autocast(device, precision):
             raw = model(images).float()
             mirrored = model(tvf.horizontal_flip(images)).float()
         norms.append(torch.cat([raw.norm(dim=1), mirrored.norm(dim=1)]).cpu())
@@ -82,26 +84,39 @@ def embed_with_flip(
 
 
 def evaluate_pack(
-    model: nn.Module, pack: Path, image_size: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    pack: Path,
+    image_size: int,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "bf16",
 ) -> BenchmarkResult:
     images, issame = read_bin(pack)
-    embeddings, xnorm = embed_with_flip(model, images, image_size, batch_size, device, str(pack))
+    embeddings, xnorm = embed_with_flip(
+        model, images, image_size, batch_size, device, str(pack), precision
+    )
     emb = embeddings.double().numpy()
     accuracy, std, threshold = kfold_accuracy(emb[0::2], emb[1::2], issame, nfolds=10)
     return BenchmarkResult(accuracy, std, threshold, xnorm, len(issame))
 
 
 def evaluate_backbone(
-    weights: Path, packs: dict[str, Path], out_json: Path, batch_size: int = 64, threads: int = 1
+    weights: Path,
+    packs: dict[str, Path],
+    out_json: Path,
+    batch_size: int = 64,
+    threads: int = 1,
+    precision: str = "bf16",
 ) -> dict[str, BenchmarkResult]:
-    """Evaluate ``weights`` on every pack and write ``{benchmark: figures}`` as JSON."""
+    """Evaluate ``weights`` on every pack and write ``{benchmark: figures}`` as JSON;
+    ``precision`` is config ``evaluation.precision`` (fp32 = TFace's evaluation)."""
     runtime.set_threads(threads)
     device = runtime.pick_device()
     model, image_size = load_backbone(weights)
     model.to(device)
     results = {}
     for name, pack in packs.items():
-        results[name] = evaluate_pack(model, Path(pack), image_size, batch_size, device)
+        results[name] = evaluate_pack(model, Path(pack), image_size, batch_size, device, precision)
         log.info(
             "%s: accuracy %.4f ± %.4f (threshold %.2f, XNorm %.2f, %d pairs)",
             name,

@@ -86,11 +86,12 @@ class FaceEmbedder:
         return embed_faces(self.model, images, self.face_size)
 
 
-def resize_faces(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 faces at ``size`` pixels (antialiased), e.g. the LDM's 128 px to the 112 px crop."""
+def resize_faces(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    """uint8 faces at ``size`` pixels, e.g. the LDM's 128 px to the 112 px crop: bilinear,
+    antialiased unless ``antialias`` is false (ADMIS's plain ``F.interpolate``)."""
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    resized = tvf.resize(images.float(), [size, size], antialias=True)
+    resized = tvf.resize(images.float(), [size, size], antialias=antialias)
     return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 

@@ -65,6 +65,7 @@ class RecipeConfig:
     momentum: float
     weight_decay: float
     warmup_steps: int
+    precision: str
     seed: int
     num_workers: int
     keep_checkpoints: int
@@ -153,12 +154,14 @@ def recognition_train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     device: torch.device,
+    precision: str,
 ) -> tuple[torch.Tensor, ArcFaceOutput]:
-    """One SGD step on a batch: autocast forward (the head computes in fp32), cross-entropy of
-    the margined logits. Returns the loss and the head's output."""
+    """One SGD step on a batch: forward under ``precision`` (``runtime.autocast``; the head
+    computes in fp32), cross-entropy of the margined logits. Returns the loss and the head's
+    output."""
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    with runtime.autocast(device):
+    with runtime.autocast(device, precision):
         output = model(images, labels)
     loss = F.cross_entropy(output.logits, labels)
     optimizer.zero_grad(set_to_none=True)
@@ -344,7 +347,7 @@ def _train_epoch(
         # resumed run continues exactly as an uninterrupted one.
         torch.manual_seed(step_seed(recipe.seed, global_step, dist_info.rank + 1))
         loss, output = recognition_train_step(
-            run.trained, run.optimizer, images, labels, dist_info.device
+            run.trained, run.optimizer, images, labels, dist_info.device, recipe.precision
         )
         global_step += 1
         seen += images.shape[0]
