@@ -217,10 +217,10 @@ def test_lint_and_format_are_clean() -> None:
 
 @pytest.mark.slow
 def test_the_demo_table_ranks_real_and_synthetic_data_above_the_control(tmp_path: Path) -> None:
-    """`make demo` as shipped, from a clone's root (the demo weights beside the config): about
-    15 minutes on 2 cores. Ranges from the README's run (real 85.9 average, ADMIS 79-80,
-    IDiff-Face 71.5, control 59.8), with margins."""
-    (tmp_path / "demo_weights").symlink_to(ROOT / "demo_weights")
+    """`make demo` as shipped (the demo weights come from the checkout): about 15 minutes on 2
+    cores. The orderings hold in both measured runs (averages: real 85.9 / 86.3, context-enhanced
+    79.0-79.7 / 75.5-79.5, uniform contexts 71.5 / 66.9, context faces alone 59.8 / 61.5), with
+    margins below the smallest gap seen."""
     result = snakemake(tmp_path, configfiles=(BASE,), timeout=3600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     rows = json.loads((tmp_path / "results/tables/results.json").read_text())
@@ -235,7 +235,10 @@ def test_the_demo_table_ranks_real_and_synthetic_data_above_the_control(tmp_path
         assert all(50.0 <= row[b] <= 100.0 for b in BENCHMARKS.values()), row
     # Training on the context faces alone is the floor every generator must clear.
     assert average["real"] > average["context_only_300"] + 10, average
-    for synthetic in ("uniform_100", "syn_100", "syn_300"):
-        assert average[synthetic] > average["context_only_300"] + 5, average
+    assert average["uniform_100"] > average["context_only_300"], average
+    # ADMIS's claim: selected contexts beat uniform ones, and both beat the control clearly.
+    for synthetic in ("syn_100", "syn_300"):
+        assert average[synthetic] > average["uniform_100"] + 3, average
+        assert average[synthetic] > average["context_only_300"] + 10, average
     check = json.loads((tmp_path / "results/ldm/identity_check.json").read_text())
     assert check["retrieval_top1"] > 10 * check["chance"], check
