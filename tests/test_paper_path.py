@@ -20,8 +20,7 @@ import yaml
 from paper_inputs import BENCHMARKS, write_paper_inputs
 from snakemake.utils import update_config
 
-# The runner moves to tests/workflow_runner.py on another branch; same signature.
-from workflow_runner import ROOT, snakemake
+from workflow_runner import ROOT, RULES, snakemake
 
 from synface.contexts import generate_diffusers_faces
 from synface.io.binpack import read_bin
@@ -33,27 +32,10 @@ PAPER = ROOT / "config" / "frcsyn.yaml"
 PAPER_MICRO = ROOT / "tests" / "config" / "paper_micro.yaml"
 CONFIGS = (PAPER, PAPER_MICRO)
 
-# Every rule the paper path executes: real inputs from resources/, the LDM trained on them.
-PAPER_RULES = [
-    "dataset_manifest",
-    "pack_tfrecords",
-    "train_recognition",
-    "evaluate",
-    "results_table",
-    "export_embedding_model",
-    "extract_embeddings",
-    "encode_latents",
-    "train_ldm",
-    "make_context_candidates",
-    "uniform_contexts",
-    "select_contexts",
-    "synthesize",
-    "synthetic_set_manifest",
-    "context_faces_manifest",
-    "identity_consistency",
-]
 # Demo-world rules, and the ones real inputs replace (the VQ-f4 files) or frcsyn switches off.
 OFF_THE_PAPER_PATH = ["demo_world", "train_autoencoder", "identity_check", "pack_demo_weights"]
+# Every other rule runs on the paper path: real inputs from resources/, the LDM trained on them.
+PAPER_RULES = [rule for rule in RULES if rule not in OFF_THE_PAPER_PATH]
 
 
 def paper_config() -> dict[str, Any]:

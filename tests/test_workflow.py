@@ -15,30 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_runner import BASE, MICRO, ROOT, snakemake
+from workflow_runner import BASE, MICRO, ROOT, RULES, snakemake
 
-RULES = [
-    "demo_world",
-    "dataset_manifest",
-    "pack_tfrecords",
-    "train_recognition",
-    "evaluate",
-    "results_table",
-    "export_embedding_model",
-    "extract_embeddings",
-    "train_autoencoder",
-    "encode_latents",
-    "train_ldm",
-    "identity_check",
-    "make_context_candidates",
-    "uniform_contexts",
-    "select_contexts",
-    "synthesize",
-    "synthetic_set_manifest",
-    "context_faces_manifest",
-    "identity_consistency",
-    "pack_demo_weights",
-]
 BENCHMARKS = {
     "lfw": "LFW",
     "cfp_fp": "CFP-FP",

@@ -14,6 +14,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "config" / "config.yaml"
 MICRO = ROOT / "tests" / "config" / "micro.yaml"
+# Every rule of the workflow: the micro run executes them all.
+RULES = [
+    "demo_world",
+    "dataset_manifest",
+    "pack_tfrecords",
+    "train_recognition",
+    "evaluate",
+    "results_table",
+    "export_embedding_model",
+    "extract_embeddings",
+    "train_autoencoder",
+    "encode_latents",
+    "train_ldm",
+    "identity_check",
+    "make_context_candidates",
+    "uniform_contexts",
+    "select_contexts",
+    "synthesize",
+    "synthetic_set_manifest",
+    "context_faces_manifest",
+    "identity_consistency",
+    "pack_demo_weights",
+]
 
 
 def snakemake(
