@@ -56,6 +56,10 @@ def output_folder(key):
     return folder
 
 
+# Shell commands get every value through Snakemake's quoting ({x:q}); a helper that gives several
+# arguments returns them as a list, whose items {x:q} quotes one by one.
+
+
 def settings(value):
     """A config section as the one-line JSON the CLI's --settings takes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
@@ -65,8 +69,15 @@ def launcher(section):
     """One process per GPU through torchrun when a job gets several; plain synface otherwise."""
     gpus = config[section]["gpus"]
     if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} --module synface.cli"
-    return "synface"
+        return [
+            "torchrun",
+            "--standalone",
+            "--nproc-per-node",
+            str(gpus),
+            "--module",
+            "synface.cli",
+        ]
+    return ["synface"]
 
 
 # --- the recognition half --------------------------------------------------------------------
@@ -84,8 +95,8 @@ def get_dataset_manifest_input(wildcards):
 
 def get_dataset_manifest_source(wildcards, input):
     if "manifest" in input.keys():
-        return f"--manifest {input.manifest}"
-    return f"--images {input.images}"
+        return ["--manifest", input.manifest]
+    return ["--images", input.images]
 
 
 def get_benchmark_packs():
@@ -102,7 +113,7 @@ def get_evaluate_input(wildcards):
 
 
 def get_evaluate_pack_args(wildcards, input):
-    return " ".join(f"--pack {name}={input[name]}" for name in BENCHMARKS)
+    return [arg for name in BENCHMARKS for arg in ("--pack", f"{name}={input[name]}")]
 
 
 def get_train_recognition_params():
@@ -116,9 +127,8 @@ def get_train_recognition_params():
 
 
 def get_results_table_rows(wildcards, input):
-    return " ".join(
-        f"--row '{config['datasets'][name]['label']}={input[name]}'" for name in DATASETS
-    )
+    rows = [f"{config['datasets'][name]['label']}={input[name]}" for name in DATASETS]
+    return [arg for row in rows for arg in ("--row", row)]
 
 
 def get_final_output():
@@ -316,21 +326,20 @@ def get_make_context_candidates_input(wildcards):
 def get_make_context_candidates_args(wildcards, input, output):
     contexts = config["contexts"]
     if contexts["source"] == "database":
-        args = f"--source database --images {contexts['images']}"
+        args = ["--source", "database", "--images", contexts["images"]]
         if imports_candidate_embeddings():
-            args += (
-                f" --embed-npy {contexts['embed_npy']} --names-pkl {contexts['names_pkl']}"
-                f" --embeddings-out {Path(output.embeddings).parent}"
-            )
+            args += ["--embed-npy", contexts["embed_npy"], "--names-pkl", contexts["names_pkl"]]
+            args += ["--embeddings-out", str(Path(output.embeddings).parent)]
         return args
-    common = (
-        f"--count {contexts['candidates']} --seed {contexts['seed']} "
-        f"--steps {contexts['steps']} --batch-size {contexts['batch_size']} "
-        f"--face-size {config['face_size']}"
-    )
+    common = [
+        *("--count", contexts["candidates"], "--seed", contexts["seed"]),
+        *("--steps", contexts["steps"], "--batch-size", contexts["batch_size"]),
+        *("--face-size", config["face_size"]),
+    ]
     if contexts["generator"] == "diffusers":
-        return f"--source diffusers --model-dir {contexts['model_dir']} {common}"
-    return f"--source ldm --ldm {input.ldm} --first-stage {Path(input.spec).parent} {common}"
+        return ["--source", "diffusers", "--model-dir", contexts["model_dir"], *common]
+    first_stage = str(Path(input.spec).parent)
+    return ["--source", "ldm", "--ldm", input.ldm, "--first-stage", first_stage, *common]
 
 
 def get_candidate_embeddings():
@@ -417,9 +426,9 @@ def get_set_manifest_input(wildcards):
 
 def get_set_manifest_args(wildcards, input):
     dataset = config["datasets"][wildcards.set]
-    args = f"--images {pool_images(input.shards[0])}"
+    args = ["--images", pool_images(input.shards[0])]
     if dataset["oversample"]:
-        args += f" --faces {input.faces} --repeats {dataset['oversample']}"
+        args += ["--faces", input.faces, "--repeats", dataset["oversample"]]
     return args
 
 

@@ -18,8 +18,8 @@ rule make_context_candidates:
         args=get_make_context_candidates_args,
         out_dir=output_folder("manifest"),
     shell:
-        "synface make-contexts {params.args} --out-dir {params.out_dir} "
-        "--threads {threads} > {log} 2>&1"
+        "synface make-contexts {params.args:q} --out-dir {params.out_dir:q} "
+        "--threads {threads:q} > {log:q} 2>&1"
 
 
 rule uniform_contexts:
@@ -40,8 +40,8 @@ rule uniform_contexts:
         seed=config["contexts"]["seed"],
         out_dir=output_folder("contexts"),
     shell:
-        "synface make-contexts --source uniform --count {params.identities} --seed {params.seed} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "synface make-contexts --source uniform --count {params.identities:q} "
+        "--seed {params.seed:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule select_contexts:
@@ -73,7 +73,7 @@ rule select_contexts:
         settings=get_select_contexts_params(),
         out_dir=output_folder("contexts"),
     shell:
-        "synface select-contexts --candidates {params.candidates} --manifest {input.manifest} "
-        "--ldm {input.ldm} --first-stage {params.first_stage} "
-        "--embedding-weights {input.weights} --out-dir {params.out_dir} "
-        "--settings '{params.settings}' --threads {threads} > {log} 2>&1"
+        "synface select-contexts --candidates {params.candidates:q} --manifest {input.manifest:q} "
+        "--ldm {input.ldm:q} --first-stage {params.first_stage:q} "
+        "--embedding-weights {input.weights:q} --out-dir {params.out_dir:q} "
+        "--settings {params.settings:q} --threads {threads:q} > {log:q} 2>&1"

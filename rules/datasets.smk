@@ -18,4 +18,4 @@ rule dataset_manifest:
     params:
         source=get_dataset_manifest_source,
     shell:
-        "synface manifest {params.source} --out {output} > {log} 2>&1"
+        "synface manifest {params.source:q} --out {output:q} > {log:q} 2>&1"

@@ -47,8 +47,8 @@ if not config["use_demo_weights"] and "demo_world" in config:
             first_stage=input_folder("spec"),
             out=output_folder("provenance"),
         shell:
-            "synface pack-demo-weights --embedding-weights {input.weights} "
-            "--first-stage {params.first_stage} --ldm {input.ldm} "
-            "--identity-check {input.identity_check} --settings '{params.settings}' "
-            "--commands {input.commands} --benchmarks logs/benchmarks "
-            "--made-on '{params.made_on}' --out {params.out} > {log} 2>&1"
+            "synface pack-demo-weights --embedding-weights {input.weights:q} "
+            "--first-stage {params.first_stage:q} --ldm {input.ldm:q} "
+            "--identity-check {input.identity_check:q} --settings {params.settings:q} "
+            "--commands {input.commands:q} --benchmarks logs/benchmarks "
+            "--made-on {params.made_on:q} --out {params.out:q} > {log:q} 2>&1"

@@ -20,5 +20,5 @@ rule demo_world:
         settings=get_demo_world_params(),
         out=output_folder("info"),
     shell:
-        "synface demo-world --out {params.out} --settings '{params.settings}' "
-        "--threads {threads} > {log} 2>&1"
+        "synface demo-world --out {params.out:q} --settings {params.settings:q} "
+        "--threads {threads:q} > {log:q} 2>&1"

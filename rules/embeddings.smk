@@ -14,8 +14,8 @@ rule export_embedding_model:
         mem_mb=8000,
         runtime=30,
     shell:
-        "synface export-embedding-model --weights {input.weights} --out {output.model} "
-        "--threads {threads} > {log} 2>&1"
+        "synface export-embedding-model --weights {input.weights:q} --out {output.model:q} "
+        "--threads {threads:q} > {log:q} 2>&1"
 
 
 rule extract_embeddings:
@@ -39,6 +39,6 @@ rule extract_embeddings:
         batch_size=config["embedding"]["batch_size"],
         out_dir=output_folder("embeddings"),
     shell:
-        "synface extract-embeddings --model {input.model} --manifest {input.manifest} "
-        "--out-dir {params.out_dir} --batch-size {params.batch_size} "
-        "--threads {threads} > {log} 2>&1"
+        "synface extract-embeddings --model {input.model:q} --manifest {input.manifest:q} "
+        "--out-dir {params.out_dir:q} --batch-size {params.batch_size:q} "
+        "--threads {threads:q} > {log:q} 2>&1"

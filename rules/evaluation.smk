@@ -18,9 +18,9 @@ rule evaluate:
         batch_size=config["evaluation"]["batch_size"],
         precision=config["evaluation"]["precision"],
     shell:
-        "synface evaluate --weights {input.weights} {params.packs} --out {output.json} "
-        "--batch-size {params.batch_size} --precision {params.precision} "
-        "--threads {threads} > {log} 2>&1"
+        "synface evaluate --weights {input.weights:q} {params.packs:q} --out {output.json:q} "
+        "--batch-size {params.batch_size:q} --precision {params.precision:q} "
+        "--threads {threads:q} > {log:q} 2>&1"
 
 
 rule results_table:
@@ -48,5 +48,5 @@ rule results_table:
     params:
         rows=get_results_table_rows,
     shell:
-        "synface results-table {params.rows} --markdown {output.markdown} "
-        "--csv {output.csv} --json {output.json} > {log} 2>&1"
+        "synface results-table {params.rows:q} --markdown {output.markdown:q} "
+        "--csv {output.csv:q} --json {output.json:q} > {log:q} 2>&1"

@@ -21,9 +21,9 @@ rule train_autoencoder:
         out_dir=output_folder("spec"),
         run_dir="results/runs/first_stage",
     shell:
-        "synface train-autoencoder --manifest {input.manifest} --out-dir {params.out_dir} "
-        "--run-dir {params.run_dir} --settings '{params.settings}' --threads {threads} "
-        "> {log} 2>&1"
+        "synface train-autoencoder --manifest {input.manifest:q} --out-dir {params.out_dir:q} "
+        "--run-dir {params.run_dir:q} --settings {params.settings:q} --threads {threads:q} "
+        "> {log:q} 2>&1"
 
 
 rule encode_latents:
@@ -52,9 +52,9 @@ rule encode_latents:
         image_size=config["ldm"]["image_size"],
         out_dir=output_folder("latents"),
     shell:
-        "synface encode-latents --manifest {input.manifest} --embeddings {params.embeddings} "
-        "--first-stage {params.first_stage} --image-size {params.image_size} "
-        "--out-dir {params.out_dir} --threads {threads} > {log} 2>&1"
+        "synface encode-latents --manifest {input.manifest:q} --embeddings {params.embeddings:q} "
+        "--first-stage {params.first_stage:q} --image-size {params.image_size:q} "
+        "--out-dir {params.out_dir:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule train_ldm:
@@ -84,9 +84,9 @@ rule train_ldm:
         # Outside the declared outputs: Snakemake keeps it, so a rerun resumes from here.
         run_dir="results/runs/ldm",
     shell:
-        "{params.launcher} train-ldm --latents {params.latents} --out {output.checkpoint} "
-        "--run-dir {params.run_dir} --settings '{params.settings}' "
-        "--first-stage {params.first_stage} --threads {threads} > {log} 2>&1"
+        "{params.launcher:q} train-ldm --latents {params.latents:q} --out {output.checkpoint:q} "
+        "--run-dir {params.run_dir:q} --settings {params.settings:q} "
+        "--first-stage {params.first_stage:q} --threads {threads:q} > {log:q} 2>&1"
 
 
 rule identity_check:
@@ -118,6 +118,6 @@ rule identity_check:
         contexts=input_folder("contexts"),
         settings=get_identity_check_params(),
     shell:
-        "synface check-identity --ldm {input.ldm} --first-stage {params.first_stage} "
-        "--embedding-weights {input.weights} --contexts {params.contexts} "
-        "--out {output.json} --settings '{params.settings}' --threads {threads} > {log} 2>&1"
+        "synface check-identity --ldm {input.ldm:q} --first-stage {params.first_stage:q} "
+        "--embedding-weights {input.weights:q} --contexts {params.contexts:q} "
+        "--out {output.json:q} --settings {params.settings:q} --threads {threads:q} > {log:q} 2>&1"

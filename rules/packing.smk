@@ -22,7 +22,7 @@ rule pack_tfrecords:
         out_dir=output_folder("index"),
         name=lambda wildcards, output: Path(output.shards).name,
     shell:
-        "synface pack-tfrecords --manifest {input.manifest} "
-        "--out-dir {params.out_dir} --name {params.name} "
-        "--image-size {params.image_size} --records-per-shard {params.records_per_shard} "
-        "--threads {threads} > {log} 2>&1"
+        "synface pack-tfrecords --manifest {input.manifest:q} "
+        "--out-dir {params.out_dir:q} --name {params.name:q} "
+        "--image-size {params.image_size:q} --records-per-shard {params.records_per_shard:q} "
+        "--threads {threads:q} > {log:q} 2>&1"

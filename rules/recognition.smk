@@ -24,7 +24,7 @@ rule train_recognition:
         # starting over (Snakemake deletes outputs before a job runs).
         run_dir="results/runs/recognition/{dataset}",
     shell:
-        "{params.launcher} train-recognition --index {input.index} "
-        "--data-root {params.data_root} --out {output.backbone} "
-        "--run-dir {params.run_dir} --settings '{params.settings}' --threads {threads} "
-        "> {log} 2>&1"
+        "{params.launcher:q} train-recognition --index {input.index:q} "
+        "--data-root {params.data_root:q} --out {output.backbone:q} "
+        "--run-dir {params.run_dir:q} --settings {params.settings:q} --threads {threads:q} "
+        "> {log:q} 2>&1"

@@ -23,13 +23,13 @@ rule synthesize:
         face_size=config["face_size"],
         settings=get_synthesis_params(),
     shell:
-        "synface synthesize --ldm {input.ldm} --first-stage {params.first_stage} "
-        "--contexts {input.contexts} "
-        "--first {wildcards.first} --last {wildcards.last} "
-        "--images-per-identity {params.images_per_identity} "
-        "--out-dir {params.out_dir} --done-marker {output.shard} "
-        "--face-size {params.face_size} --settings '{params.settings}' --threads {threads} "
-        "> {log} 2>&1"
+        "synface synthesize --ldm {input.ldm:q} --first-stage {params.first_stage:q} "
+        "--contexts {input.contexts:q} "
+        "--first {wildcards.first:q} --last {wildcards.last:q} "
+        "--images-per-identity {params.images_per_identity:q} "
+        "--out-dir {params.out_dir:q} --done-marker {output.shard:q} "
+        "--face-size {params.face_size:q} --settings {params.settings:q} --threads {threads:q} "
+        "> {log:q} 2>&1"
 
 
 rule synthetic_set_manifest:
@@ -54,8 +54,8 @@ rule synthetic_set_manifest:
         identities=lambda wildcards: config["datasets"][wildcards.set]["identities"],
         args=get_set_manifest_args,
     shell:
-        "synface set-manifest --out {output.dataset} --identities {params.identities} "
-        "{params.args} --synthetic-out {output.synthetic} > {log} 2>&1"
+        "synface set-manifest --out {output.dataset:q} --identities {params.identities:q} "
+        "{params.args:q} --synthetic-out {output.synthetic:q} > {log:q} 2>&1"
 
 
 rule context_faces_manifest:
@@ -79,8 +79,8 @@ rule context_faces_manifest:
         identities=lambda wildcards: config["datasets"][wildcards.control]["identities"],
         repeats=lambda wildcards: config["datasets"][wildcards.control]["oversample"],
     shell:
-        "synface set-manifest --out {output.dataset} --identities {params.identities} "
-        "--faces {input.faces} --repeats {params.repeats} > {log} 2>&1"
+        "synface set-manifest --out {output.dataset:q} --identities {params.identities:q} "
+        "--faces {input.faces:q} --repeats {params.repeats:q} > {log:q} 2>&1"
 
 
 rule identity_consistency:
@@ -111,6 +111,6 @@ rule identity_consistency:
     params:
         embeddings=input_folder("embeddings"),
     shell:
-        "synface identity-consistency --embeddings {params.embeddings} "
-        "--manifest {input.manifest} --out-json {output.json} --out-png {output.png} "
-        "> {log} 2>&1"
+        "synface identity-consistency --embeddings {params.embeddings:q} "
+        "--manifest {input.manifest:q} --out-json {output.json:q} --out-png {output.png:q} "
+        "> {log:q} 2>&1"

@@ -48,8 +48,12 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Read it; a test that changes the config copies it first
     (`shutil.copytree(micro_run, tmp_path / "w", symlinks=True)`).
+
+    Its path holds a space and an apostrophe (and tests/config/micro.yaml a label with both):
+    every test of the micro run also checks that the rules quote what they pass to the shell.
     """
-    workdir = tmp_path_factory.mktemp("micro_run")
+    workdir = tmp_path_factory.mktemp("micro_run") / "micro run's dir"
+    workdir.mkdir()
     result = snakemake(workdir, "all", "demo_weights/PROVENANCE.json", timeout=2400)
     if result.returncode != 0:
         pytest.fail(f"the micro workflow run failed:\n{(result.stdout + result.stderr)[-3000:]}")

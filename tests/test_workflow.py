@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,28 @@ def test_the_table_holds_every_dataset_in_config_order_with_its_accuracies(
             assert row[column] == pytest.approx(100 * figures["accuracy"], abs=0.005)
         five = [row[column] for column in BENCHMARKS.values()]
         assert row["Average"] == pytest.approx(sum(five) / 5, abs=0.005)
+
+
+def test_the_table_shows_a_label_with_an_apostrophe_a_space_and_unicode(micro_run: Path) -> None:
+    """The micro run's working directory and its real set's label both hold characters the
+    shell would split or choke on (tests/conftest.py, tests/config/micro.yaml)."""
+    label = _micro_config()["datasets"]["real"]["label"]
+    assert "'" in label and " " in label and not label.isascii()
+    assert "'" in micro_run.name and " " in micro_run.name
+    table = (micro_run / "results/tables/results.md").read_text(encoding="utf-8")
+    assert f"| {label} |" in table
+
+
+def test_non_terminal_logs_hold_no_carriage_returns(micro_run: Path) -> None:
+    """Rule logs are files, not terminals: progress is plain lines, not a redrawn bar."""
+    logs = list((micro_run / "logs").rglob("*.log"))
+    assert len(logs) >= len(RULES)
+    for path in logs:
+        assert b"\r" not in path.read_bytes(), path
+    packing = (micro_run / "logs/pack_tfrecords/real.log").read_text()
+    assert re.search(r"pack-tfrecords: \d+/\d+ images \(100%\), [\d.e+]+ images/s", packing)
+    ldm = (micro_run / "logs/train_ldm/train_ldm.log").read_text()
+    assert "train-ldm: 6/6 steps (100%)" in ldm and "ETA" in ldm
 
 
 def test_the_identity_check_reports_figures_in_their_ranges(micro_run: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,31 @@ def _diff(tmp_path: Path, name: str, values: dict) -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(values))
     return path
+
+
+def _shell_commands() -> dict[str, str]:
+    """Each rule's shell command as written in rules/*.smk (its string literals joined)."""
+    commands = {}
+    for path in sorted((ROOT / "rules").glob("*.smk")):
+        text = path.read_text()
+        for rule, body in re.findall(r"rule (\w+):(.*?)(?=\n\s*rule \w+:|\Z)", text, re.S):
+            shell = re.search(r"shell:\n((?:\s+\"[^\n]*\"\n)+)", body)
+            if shell:
+                commands[rule] = "".join(re.findall(r'"([^\n]*)"', shell.group(1)))
+    return commands
+
+
+def test_every_value_in_a_shell_command_is_quoted_by_snakemake() -> None:
+    """Paths, labels and the --settings JSON go through {x:q} (shlex quoting), never through
+    hand-written quotes, so spaces, apostrophes and unicode reach the command intact."""
+    commands = _shell_commands()
+    assert len(commands) >= 18, sorted(commands)
+    for rule, command in commands.items():
+        fields = re.findall(r"(?<!\{)\{([^{}]+)\}(?!\})", command)
+        assert fields, rule
+        unquoted = [field for field in fields if not field.endswith(":q")]
+        assert not unquoted, f"rule {rule}: {unquoted} not quoted with :q"
+        assert "'" not in command, f"rule {rule} quotes by hand: {command}"
 
 
 def test_the_default_config_plans_from_another_directory(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from synface.io.images import to_uint8
 from synface.io.manifest import ManifestEntry, read_manifest, write_manifest
 from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces, stage_device
 from synface.ldm.sampling import image_noise, sample_latents
+from synface.progress import progress
 from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def _write_candidate_faces(
     """``images/<i>/0.png`` for i < ``count`` from ``make_faces(labels)`` (uint8 faces) and
     ``manifest.tsv`` (one identity per face)."""
     entries = []
+    bar = progress(count, "make-contexts", batch_size, unit="faces")
     for first in range(0, count, batch_size):
         labels = range(first, min(first + batch_size, count))
         for label, image in zip(labels, resize_faces(make_faces(labels), face_size), strict=True):
@@ -67,6 +69,8 @@ def _write_candidate_faces(
             with atomic_path(path) as tmp:
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
             entries.append(ManifestEntry(path, label))
+        bar.update(len(labels))
+    bar.close()
     return write_manifest(Path(out_dir) / "manifest.tsv", entries)
 
 
@@ -271,13 +275,17 @@ def select_contexts(
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
     embedder = FaceEmbedder(embedding_weights, generator.device)
     contexts = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+    # The walk stops once enough are kept: how many candidates it probes is not known ahead.
+    bar = progress(None, "select-contexts", cfg.batch_size, unit="probe faces")
 
     def probe(candidates: list[int]) -> torch.Tensor:
         jobs = [(i, k) for i in candidates for k in range(cfg.probe_samples)]
         faces = generator.faces(contexts[[i for i, _ in jobs]], jobs, cfg.seed, cfg.steps)
+        bar.update(len(jobs))
         return embedder(faces).view(len(candidates), cfg.probe_samples, -1)
 
     selection = choose_contexts(contexts, probe, cfg)
+    bar.close()
     reasons = {k: sum(r.startswith(k) for _, r in selection.dropped) for k in ("intra", "inter")}
     log.info("kept %d contexts; dropped %s", len(selection.kept), reasons)
     _write_selection(out_dir, selection, contexts, entries, names)

@@ -36,12 +36,14 @@ from synface.io.images import DatasetImages
 from synface.io.manifest import read_manifest, relative_name
 from synface.io.npy import write_rows
 from synface.models.spec import load_backbone
+from synface.progress import progress
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
-LOG_EVERY_BATCHES = 50
+# Progress lines in a job's log: one every this many batches.
+PROGRESS_EVERY_BATCHES = 50
 
 # Parity inputs: two batch sizes, so the check also covers the dynamic batch axis.
 PARITY_BATCH_SIZES = (1, 4)
@@ -245,13 +247,17 @@ def extract_embeddings(
     images = DatasetImages([entry.path for entry in entries], names, input_size, threads)
     kept: list[int] = []
     # A memory map of the final array: N × D never has to fit in RAM (CASIA: 490k rows).
-    with write_rows(out_dir / EMBEDDINGS_FILE, (len(entries), dim), np.float32) as rows:
-        for number, (indices, batch) in enumerate(images.batches(batch_size)):
+    with (
+        write_rows(out_dir / EMBEDDINGS_FILE, (len(entries), dim), np.float32) as rows,
+        progress(
+            len(entries), "extract-embeddings", PROGRESS_EVERY_BATCHES * batch_size, unit="images"
+        ) as bar,
+    ):
+        for indices, batch in images.batches(batch_size):
             raw = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
             rows.append(l2_normalize(raw.astype(np.float64)))
             kept += indices
-            if number % LOG_EVERY_BATCHES == 0:
-                log.info("embedded %d / %d images", indices[-1] + 1, len(entries))
+            bar.update(indices[-1] + 1 - bar.n)
         images.finish(out_dir, manifest)
     write_names(out_dir, [names[i] for i in kept])
     summary = ExtractionSummary(len(kept), dim, input_size, tuple(session.get_providers()))

@@ -21,8 +21,12 @@ from synface.io.images import BadImageError, open_image, read_bytes, to_rgb
 from synface.io.manifest import ManifestEntry, read_manifest, relative_name
 from synface.io.rejected import no_usable_images, write_rejected
 from synface.io.tfrecord import IndexEntry, ShardWriter, write_training_index
+from synface.progress import progress
 
 log = logging.getLogger(__name__)
+
+# Progress lines in a job's log: one every this many images.
+PROGRESS_EVERY = 10_000
 
 # Quality OpenCV's imencode uses, which TFace and ADMIS packers rely on.
 JPEG_QUALITY = 95
@@ -122,7 +126,9 @@ def pack_tfrecords(
     reencoded = 0
     with ShardWriter(out_dir, name, records_per_shard) as writer:
         prepared_images = _prepared_stream(entries, image_size, workers)
-        for entry, prepared in zip(entries, prepared_images, strict=True):
+        pairs = zip(entries, prepared_images, strict=True)
+        bar = progress(pairs, "pack-tfrecords", PROGRESS_EVERY, len(entries), "images")
+        for entry, prepared in bar:
             if prepared.jpeg is None:
                 rejected.append((relative_name(entry.path, manifest), prepared.reason))
                 continue

@@ -46,6 +46,7 @@ from synface.ldm.faces import FaceGenerator, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
 from synface.ldm.sampling import SAMPLERS, SamplingSettings
 from synface.models.vq_f4 import DECODER_FILE
+from synface.progress import progress
 from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def _generate(
     """Write the faces of ``pending`` identities; returns the number of images."""
     jobs = [(i, k) for i in pending for k in range(images_per_identity)]
     written = dict.fromkeys(pending, 0)
+    bar = progress(len(jobs), "synthesize", settings.batch_size, unit="faces")
     for start in range(0, len(jobs), settings.batch_size):
         chunk = jobs[start : start + settings.batch_size]
         padded = pad_jobs(chunk)
@@ -246,7 +248,8 @@ def _generate(
             written[identity] += 1
             if written[identity] == images_per_identity:
                 _place(out_dir, identity)
-        log.info("%d/%d faces", min(start + settings.batch_size, len(jobs)), len(jobs))
+        bar.update(len(chunk))
+    bar.close()
     return len(jobs)
 
 

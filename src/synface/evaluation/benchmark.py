@@ -21,8 +21,12 @@ from synface.io.atomic import write_json
 from synface.io.binpack import read_bin
 from synface.io.images import BadImageError, decode_rgb, normalize
 from synface.models.spec import load_backbone
+from synface.progress import progress
 
 log = logging.getLogger(__name__)
+
+# Progress lines in a job's log: one every this many batches.
+PROGRESS_EVERY_BATCHES = 20
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ def embed_with_flip(
     """L2-normalised (embedding(x) + embedding(flip x)) for every image, and the XNorm;
     ``precision`` as ``runtime.autocast`` (config ``evaluation.precision``)."""
     embeddings, norms = [], []
+    every = PROGRESS_EVERY_BATCHES * batch_size
+    bar = progress(len(jpegs), f"evaluate {Path(source).stem}", every, unit="images")
     for start in range(0, len(jpegs), batch_size):
         batch = jpegs[start : start + batch_size]
         images = normalize(decode_pack_images(batch, start, image_size, source)).to(device)
@@ -80,6 +86,8 @@ def embed_with_flip(
             mirrored = model(tvf.horizontal_flip(images)).float()
         norms.append(torch.cat([raw.norm(dim=1), mirrored.norm(dim=1)]).cpu())
         embeddings.append(torch.nn.functional.normalize(raw + mirrored, dim=1).cpu())
+        bar.update(len(batch))
+    bar.close()
     return torch.cat(embeddings), torch.cat(norms).mean().item()
 
 

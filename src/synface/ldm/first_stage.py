@@ -21,6 +21,7 @@ from synface import __version__, checkpoint, runtime
 from synface.io.atomic import write_json
 from synface.ldm.data import ImageBank, step_generator
 from synface.models.vq_f4 import DECODER_FILE, ENCODER_FILE, VQDecoder, VQEncoder, load_first_stage
+from synface.progress import progress
 from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ def train_autoencoder(
     decoder.train()
     history: list[dict[str, float]] = []
     started, first_step = time.perf_counter(), step
+    bar = progress(cfg.steps, "train-autoencoder", cfg.log_every, unit="steps", initial=step)
     while step < cfg.steps:
         generator = step_generator(cfg.seed, step)
         images = bank.batch(cfg.batch_size, generator, flip=True).to(device)
@@ -183,6 +185,7 @@ def train_autoencoder(
         loss.backward()
         optimizer.step()
         step += 1
+        bar.update()
         if step % cfg.log_every == 0 or step == cfg.steps:
             rate = (step - first_step) * cfg.batch_size / (time.perf_counter() - started)
             record = {"step": step, "loss": loss.item(), "mse": mse.item(), "images_per_s": rate}
@@ -199,6 +202,7 @@ def train_autoencoder(
             }
             checkpoint.atomic_save(state, run_dir / RUN_CHECKPOINT.format(n=step))
             checkpoint.prune_numbered(run_dir, [RUN_CHECKPOINT], cfg.keep_checkpoints)
+    bar.close()
     out_dir = Path(out_dir)
     checkpoint.atomic_save(encoder.cpu().state_dict(), out_dir / ENCODER_FILE)
     checkpoint.atomic_save(decoder.cpu().state_dict(), out_dir / DECODER_FILE)

@@ -21,6 +21,7 @@ from synface.io.atomic import atomic_path, write_json
 from synface.io.embeddings import read_embeddings
 from synface.ldm.faces import FaceEmbedder, FaceGenerator
 from synface.ldm.sampling import SamplingSettings
+from synface.progress import progress
 from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def check_identity(
     contexts = torch.from_numpy(np.asarray(all_contexts[:n], dtype=np.float32))
     jobs = [(i, j) for i in range(n) for j in range(k)]
     embeddings, grid = [], []
+    bar = progress(len(jobs), "check-identity", settings.batch_size, unit="samples")
     for start in range(0, len(jobs), settings.batch_size):
         chunk = jobs[start : start + settings.batch_size]
         rows = contexts[[i for i, _ in chunk]]
@@ -94,6 +96,8 @@ def check_identity(
         if start == 0:
             grid.append(images[: 8 * k])
         embeddings.append(embedder(images))
+        bar.update(len(chunk))
+    bar.close()
     result = retrieval(torch.cat(embeddings).view(n, k, -1), F.normalize(contexts, dim=1))
     write_json(out_json, asdict(result))
     with atomic_path(Path(out_json).with_suffix(".png")) as tmp:

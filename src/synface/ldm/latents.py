@@ -22,8 +22,12 @@ from synface.io.embeddings import aligned_entries, read_embeddings
 from synface.io.images import DatasetImages
 from synface.io.npy import write_rows
 from synface.ldm.first_stage import FirstStage
+from synface.progress import progress
 
 log = logging.getLogger(__name__)
+
+# Progress lines in a job's log: one every this many batches.
+PROGRESS_EVERY_BATCHES = 50
 
 LATENTS_FILE = "latents.npy"
 CONTEXTS_FILE = "contexts.npy"
@@ -91,7 +95,11 @@ def encode_latents(
     shape = (len(entries), 2, spec.embed_dim, latent_side, latent_side)
     images = DatasetImages([entry.path for entry in entries], names, image_size, threads)
     kept: list[int] = []
-    with write_rows(out_dir / LATENTS_FILE, shape, np.float16) as latents:
+    every = PROGRESS_EVERY_BATCHES * batch_size
+    with (
+        write_rows(out_dir / LATENTS_FILE, shape, np.float16) as latents,
+        progress(len(entries), "encode-latents", every, unit="images") as bar,
+    ):
         for indices, batch in images.batches(batch_size):
             both = torch.cat([batch, batch.flip(-1)]).to(device)
             with runtime.autocast(device):
@@ -99,6 +107,7 @@ def encode_latents(
             n = len(indices)
             latents.append(torch.stack([encoded[:n], encoded[n:]], dim=1).numpy())
             kept += indices
+            bar.update(indices[-1] + 1 - bar.n)
         images.finish(out_dir, manifest)
     with atomic_path(out_dir / CONTEXTS_FILE) as tmp, tmp.open("wb") as f:
         np.save(f, embeddings[kept].astype(np.float32))

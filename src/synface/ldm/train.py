@@ -33,6 +33,7 @@ from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
 from synface.ldm.sampling import make_sampler, sample_latents
 from synface.models import build_model
 from synface.models.admis_checkpoint import admis_ddpm_scheduler, save_admis_checkpoint
+from synface.progress import progress
 from synface.settings import StageSettings
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,9 @@ def _train_steps(
     local = cfg.global_batch_size // dist_info.world_size
     mine = slice(dist_info.rank * local, (dist_info.rank + 1) * local)
     training.model.train()
+    bar = progress(
+        cfg.steps, "train-ldm", cfg.log_every, unit="steps", initial=step, disable=not main
+    )
     while step < cfg.steps:
         batch = [
             part[mine].to(device, non_blocking=True) for part in _global_batch(cache, cfg, step)
@@ -318,6 +322,7 @@ def _train_steps(
         torch.manual_seed(step_seed(cfg.seed, step, dist_info.rank + 1))
         loss = training.step(tuple(batch), step)
         step += 1
+        bar.update()
         if step % cfg.log_every == 0 or step == cfg.steps:
             figure = loss.detach().clone()
             if dist_info.enabled:
@@ -340,4 +345,5 @@ def _train_steps(
         if decoder is not None and (step % cfg.preview_every == 0 or step == cfg.steps):
             scheduler_config = dict(training.scheduler.config)
             _preview(run_dir, step, training.ema, decoder, cache, scheduler_config, cfg, device)
+    bar.close()
     return history

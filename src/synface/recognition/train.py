@@ -28,6 +28,7 @@ from synface.io.atomic import write_json
 from synface.ldm.data import step_seed
 from synface.models import build_model
 from synface.models.arcface import ArcFaceHead, ArcFaceOutput
+from synface.progress import Progress, progress
 from synface.recognition.data import (
     AugmentConfig,
     DecodeAugmentCollate,
@@ -313,8 +314,11 @@ def train_recognition(
             cfg.train.epochs,
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
+    total = cfg.train.epochs * len(loader)
+    every, main = cfg.train.log_every, dist_info.is_main
+    bar = progress(total, "train-recognition", every, None, "steps", global_step, disable=not main)
     for epoch in range(start_epoch, cfg.train.epochs):
-        global_step = _train_epoch(run, loader, epoch, global_step, loss_log)
+        global_step = _train_epoch(run, loader, epoch, global_step, loss_log, bar)
         if dist_info.is_main:
             _save_checkpoint(run, run_dir, epoch + 1, global_step, inputs)
         if dist_info.enabled:
@@ -323,6 +327,7 @@ def train_recognition(
         checkpoint.atomic_save(model.backbone.cpu().state_dict(), Path(backbone_out))
         spec = {"name": "tface_ir", "args": cfg.model_args(), "epochs": cfg.train.epochs}
         write_json(Path(backbone_out).with_suffix(".json"), spec)
+    bar.close()
     runtime.shutdown_distributed()
     return run.history
 
@@ -333,6 +338,7 @@ def _train_epoch(
     epoch: int,
     global_step: int,
     loss_log: checkpoint.LossLog | None,
+    bar: Progress,
 ) -> int:
     """One epoch of steps; returns the global step reached."""
     recipe, dist_info = run.cfg.train, run.dist_info
@@ -350,6 +356,7 @@ def _train_epoch(
             run.trained, run.optimizer, images, labels, dist_info.device, recipe.precision
         )
         global_step += 1
+        bar.update()
         seen += images.shape[0]
         if global_step % recipe.log_every == 0 or seen == images.shape[0] * len(loader):
             record = _log_step(loss, output, labels, lr, epoch, global_step, dist_info)
