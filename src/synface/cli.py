@@ -1,8 +1,9 @@
-"""The ``synface`` command: one sub-command per pipeline stage.
+"""The synface command: one sub-command per pipeline stage.
 
 The CLI only parses; each stage is a function of the package that tests call directly.
-Nested hyper-parameters arrive as one JSON object (``--settings``),
-so a Snakemake rule passes its ``params`` verbatim and a change in any of them reruns the rule.
+Nested hyper-parameters arrive as one JSON object (``--settings``), checked against the config
+schema's section of the stage, so a Snakemake rule passes its ``params`` verbatim and a change
+in any of them reruns the rule.
 """
 
 from __future__ import annotations
@@ -14,20 +15,44 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from synface.settings import SettingsError, check_settings, section_keys
+
+T = TypeVar("T")
+
+DESCRIPTION = (
+    "synface: one command per stage of the pipeline. The Snakemake rules call these commands; "
+    "`synface COMMAND --help` lists what each flag of a command takes."
+)
 
 
 def _settings(text: str) -> dict[str, Any]:
     """A JSON object given inline or as ``@path/to/file.json``."""
     if text.startswith("@"):
-        text = Path(text[1:]).read_text()
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as error:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {error.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"--settings is not valid JSON: {error}") from None
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--settings must be a JSON object")
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"seed\": 1}'")
     return value
+
+
+def _stage_settings(args: argparse.Namespace, build: Callable[[dict[str, Any]], T]) -> T:
+    """``--settings`` as the stage's settings: its values checked against the config schema's
+    section (``args.settings_section``, set by ``_settings_option``) as the workflow checks the
+    config, then built by ``build`` (a ``from_settings``: unknown keys refused, omitted ones
+    from the schema's defaults). A problem ends in one line naming the flag and the key."""
+    try:
+        check_settings(args.settings_section, args.settings)
+        return build(args.settings)
+    except (ValueError, TypeError) as error:
+        raise SettingsError(f"--settings: {error}") from None
 
 
 def _named_path(text: str) -> tuple[str, Path]:
@@ -53,7 +78,7 @@ def _call(stage: Callable[..., Any], args: argparse.Namespace, **converted: Any)
 def run_demo_world(args: argparse.Namespace) -> None:
     from synface.demo_world.world import DemoWorldConfig, build_demo_world
 
-    _call(build_demo_world, args, cfg=DemoWorldConfig.from_settings(args.settings))
+    _call(build_demo_world, args, cfg=_stage_settings(args, DemoWorldConfig.from_settings))
 
 
 def run_manifest(args: argparse.Namespace) -> None:
@@ -73,7 +98,7 @@ def run_pack(args: argparse.Namespace) -> None:
 def run_train_recognition(args: argparse.Namespace) -> None:
     from synface.recognition.train import RecognitionTrainConfig, train_recognition
 
-    _call(train_recognition, args, cfg=RecognitionTrainConfig.from_settings(args.settings))
+    _call(train_recognition, args, cfg=_stage_settings(args, RecognitionTrainConfig.from_settings))
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -97,7 +122,7 @@ def run_extract_embeddings(args: argparse.Namespace) -> None:
 def run_train_autoencoder(args: argparse.Namespace) -> None:
     from synface.ldm.first_stage import AutoencoderTrainConfig, train_autoencoder
 
-    _call(train_autoencoder, args, cfg=AutoencoderTrainConfig.from_settings(args.settings))
+    _call(train_autoencoder, args, cfg=_stage_settings(args, AutoencoderTrainConfig.from_settings))
 
 
 def run_encode_latents(args: argparse.Namespace) -> None:
@@ -109,20 +134,32 @@ def run_encode_latents(args: argparse.Namespace) -> None:
 def run_train_ldm(args: argparse.Namespace) -> None:
     from synface.ldm.train import LDMTrainConfig, train_ldm
 
-    _call(train_ldm, args, cfg=LDMTrainConfig.from_settings(args.settings))
+    _call(train_ldm, args, cfg=_stage_settings(args, LDMTrainConfig.from_settings))
 
 
 def run_check_identity(args: argparse.Namespace) -> None:
     from synface.ldm.identity_check import IdentityCheckSettings, check_identity
 
-    _call(check_identity, args, settings=IdentityCheckSettings.from_settings(args.settings))
+    _call(check_identity, args, settings=_stage_settings(args, IdentityCheckSettings.from_settings))
+
+
+def _config_sections(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` when each key is a top-level section of the config."""
+    known = section_keys("")
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise SettingsError(
+            f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    return values
 
 
 def run_pack_demo_weights(args: argparse.Namespace) -> None:
     from synface.demo_weights import pack_demo_weights
 
+    config = _stage_settings(args, _config_sections)
     commands = json.loads(args.commands.read_text()) if args.commands else []
-    _call(pack_demo_weights, args, config=args.settings, commands=commands)
+    _call(pack_demo_weights, args, config=config, commands=commands)
 
 
 def run_identity_consistency(args: argparse.Namespace) -> None:
@@ -136,8 +173,8 @@ def run_synthesize(args: argparse.Namespace) -> None:
 
     from synface.synthesis import SynthesisSettings, synthesize_shard
 
+    settings = _stage_settings(args, SynthesisSettings.from_settings)
     contexts, identities = np.load(args.contexts), range(args.first, args.last)
-    settings = SynthesisSettings.from_settings(args.settings)
     _call(synthesize_shard, args, contexts=contexts, identities=identities, settings=settings)
 
 
@@ -163,7 +200,7 @@ def run_make_contexts(args: argparse.Namespace) -> None:
 def run_select_contexts(args: argparse.Namespace) -> None:
     from synface.contexts import SelectionConfig, select_contexts
 
-    _call(select_contexts, args, cfg=SelectionConfig.from_settings(args.settings))
+    _call(select_contexts, args, cfg=_stage_settings(args, SelectionConfig.from_settings))
 
 
 def run_set_manifest(args: argparse.Namespace) -> None:
@@ -180,21 +217,33 @@ def run_results_table(args: argparse.Namespace) -> None:
 
 
 def _threads(
-    sub: argparse.ArgumentParser, help: str = "CPU threads", dest: str = "threads"
+    sub: argparse.ArgumentParser,
+    help: str = "CPU threads of the job (torch and data loading; the rule's threads)",
+    dest: str = "threads",
 ) -> None:
-    sub.add_argument("--threads", type=int, default=1, help=help, dest=dest)
+    sub.add_argument("--threads", type=int, default=1, help=f"{help}; default 1", dest=dest)
 
 
-def _settings_option(sub: argparse.ArgumentParser, help: str) -> None:
-    """The stage's settings as one JSON object, inline or ``@file.json`` (see ``_settings``)."""
-    sub.add_argument("--settings", type=_settings, required=True, help=f"{help} (JSON or @file)")
+def _settings_option(
+    sub: argparse.ArgumentParser, section: str, takes: str = "", leaves: Sequence[str] = ()
+) -> None:
+    """``--settings``: the keys of config section ``section`` (``""``: the top level) but
+    ``leaves`` (those the rule uses itself), plus what ``takes`` describes; one JSON object,
+    inline or ``@file.json`` (see ``_settings``), checked by ``_stage_settings``."""
+    keys = [key for key in section_keys(section) if key not in leaves]
+    where = f"config section {section}" if section else "the config's sections"
+    help = f"{where} as one JSON object, or @FILE.json. Keys: {', '.join(keys)}"
+    help += f"; also {takes}" if takes else ""
+    help += ". Keys left out take the config schema's defaults (config/README.md)"
+    sub.add_argument("--settings", type=_settings, required=True, help=help, metavar="JSON")
+    sub.set_defaults(settings_section=section)
 
 
 def _path(
     sub: argparse.ArgumentParser,
     flag: str,
     dest: str,
-    help: str | None = None,
+    help: str,
     required: bool = True,
 ) -> None:
     """A path option that feeds the stage parameter ``dest`` (see ``_call``)."""
@@ -208,13 +257,17 @@ def _first_stage(
     _path(sub, "--first-stage", dest, help, required)
 
 
-def _ldm(sub: argparse.ArgumentParser, required: bool = True, help: str | None = None) -> None:
+def _ldm(
+    sub: argparse.ArgumentParser,
+    required: bool = True,
+    help: str = "LDM checkpoint (ADMIS format) with its .json beside it",
+) -> None:
     _path(sub, "--ldm", "ldm_checkpoint", help, required)
 
 
 def add_demo_world(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--out", "out_dir", "output folder")
-    _settings_option(sub, "the demo_world config plus image_size, e.g. '{\"image_size\": 32}'")
+    _settings_option(sub, "demo_world", "image_size (face size in pixels: config face_size)")
     _threads(sub, dest="workers")
 
 
@@ -222,15 +275,17 @@ def add_manifest(sub: argparse.ArgumentParser) -> None:
     source = sub.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, help="an images/<identity>/<n>.jpg folder")
     source.add_argument("--manifest", type=Path, help="an existing manifest to re-root")
-    sub.add_argument("--out", type=Path, required=True)
+    sub.add_argument("--out", type=Path, required=True, help="manifest to write (path<TAB>label)")
 
 
 def add_pack_tfrecords(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--manifest", type=Path, required=True)
-    sub.add_argument("--out-dir", type=Path, required=True)
+    sub.add_argument("--manifest", type=Path, required=True, help="faces to pack (path<TAB>label)")
+    sub.add_argument("--out-dir", type=Path, required=True, help="folder of the <NAME>/ shards")
     sub.add_argument("--name", required=True, help="TFRecord dataset name (must contain TFR)")
     sub.add_argument("--image-size", type=int, required=True, help="face size in pixels")
-    sub.add_argument("--records-per-shard", type=int, default=500_000)
+    sub.add_argument(
+        "--records-per-shard", type=int, default=500_000, help="records per shard; default 500000"
+    )
     _threads(sub, "decoding processes", dest="workers")
 
 
@@ -239,15 +294,23 @@ def add_train_recognition(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--data-root", type=Path, required=True, help="folder of the TFR-* dirs")
     _path(sub, "--out", "backbone_out", "final backbone state dict")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
-    _settings_option(sub, "recognition config")
+    _settings_option(sub, "recognition", "image_size (config face_size)", ("gpus", "threads"))
     _threads(sub)
 
 
 def add_evaluate(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
-    sub.add_argument("--pack", type=_named_path, action="append", required=True, dest="packs")
-    _path(sub, "--out", "out_json")
-    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument(
+        "--pack",
+        type=_named_path,
+        action="append",
+        required=True,
+        dest="packs",
+        metavar="NAME=PATH",
+        help="a benchmark and its insightface .bin pack, e.g. lfw=lfw.bin; repeat for each",
+    )
+    _path(sub, "--out", "out_json", "JSON of accuracy, std, threshold and XNorm per benchmark")
+    sub.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     sub.add_argument("--precision", default="bf16", help="bf16 or fp32 (evaluation.precision)")
     _threads(sub)
 
@@ -260,29 +323,30 @@ def add_export_embedding_model(sub: argparse.ArgumentParser) -> None:
 
 def add_extract_embeddings(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--model", "onnx_model", "from export-embedding-model")
-    sub.add_argument("--manifest", type=Path, required=True)
+    sub.add_argument("--manifest", type=Path, required=True, help="faces to embed")
     sub.add_argument("--out-dir", type=Path, required=True, help="embeddings.npy + names.txt")
-    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--batch-size", type=int, default=64, help="images per ONNX Runtime call")
     _threads(sub)
 
 
 def add_train_autoencoder(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--manifest", type=Path, required=True)
+    sub.add_argument("--manifest", type=Path, required=True, help="faces to train on")
     sub.add_argument(
         "--out-dir", type=Path, required=True, help="first_stage_*_state_dict.pt + .json"
     )
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
-    _settings_option(sub, "first-stage config")
+    takes = "image_size (config ldm.image_size), spec (config first_stage's architecture keys)"
+    _settings_option(sub, "first_stage.train", takes)
     _threads(sub)
 
 
 def add_encode_latents(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--manifest", type=Path, required=True)
+    sub.add_argument("--manifest", type=Path, required=True, help="the faces that were embedded")
     _path(sub, "--embeddings", "embeddings_dir", "extract-embeddings output")
     _first_stage(sub, dest="first_stage_dir")
     sub.add_argument("--image-size", type=int, required=True, help="LDM input size in pixels")
-    sub.add_argument("--out-dir", type=Path, required=True)
-    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--out-dir", type=Path, required=True, help="latents.npy, contexts.npy")
+    sub.add_argument("--batch-size", type=int, default=64, help="images per encoder pass")
     _threads(sub)
 
 
@@ -290,7 +354,7 @@ def add_train_ldm(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--latents", "latents_dir", "encode-latents output")
     _path(sub, "--out", "out_checkpoint", "ADMIS-format EMA checkpoint")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints and previews")
-    _settings_option(sub, "ldm training config")
+    _settings_option(sub, "ldm.train", "unet (config ldm.unet)")
     _first_stage(sub, required=False, help="VQ-f4 folder, for preview grids")
     _threads(sub)
 
@@ -301,26 +365,30 @@ def add_check_identity(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--embedding-weights", type=Path, required=True, help="backbone (+ .json)")
     _path(sub, "--contexts", "contexts_dir", "embeddings of held-out faces")
     _path(sub, "--out", "out_json", "JSON (a PNG grid goes beside it)")
-    _settings_option(sub, "num_contexts, samples_per_context, steps, batch_size")
+    _settings_option(sub, "ldm.identity_check", leaves=("faces",))
     _threads(sub)
 
 
 def add_pack_demo_weights(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--embedding-weights", type=Path, required=True)
+    help = "embedding backbone (+ .json)"
+    sub.add_argument("--embedding-weights", type=Path, required=True, help=help)
     _first_stage(sub, dest="first_stage_dir")
     _ldm(sub)
-    sub.add_argument("--identity-check", type=Path, required=True)
-    _settings_option(sub, "the config they fit")
+    help = "the check-identity JSON the LDM passed"
+    sub.add_argument("--identity-check", type=Path, required=True, help=help)
+    made_with = ("face_size", "demo_world", "recognition", "embedding", "first_stage", "ldm")
+    others = [key for key in section_keys("") if key not in made_with]
+    _settings_option(sub, "", leaves=others)
     sub.add_argument("--commands", type=Path, help="JSON list of the commands that made them")
     _path(sub, "--benchmarks", "benchmarks_dir", "Snakemake benchmark tsvs")
     sub.add_argument("--made-on", default="", help="the machine, in words")
-    _path(sub, "--out", "out_dir")
+    _path(sub, "--out", "out_dir", "demo_weights/ folder: the weights and PROVENANCE.json")
 
 
 def add_identity_consistency(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--embeddings", "embeddings_dir", "extract-embeddings output")
     sub.add_argument("--manifest", type=Path, required=True, help="the manifest it was made from")
-    sub.add_argument("--out-json", type=Path, required=True)
+    sub.add_argument("--out-json", type=Path, required=True, help="cosines, EER, FDR as JSON")
     sub.add_argument("--out-png", type=Path, required=True, help="score histograms")
     sub.add_argument("--max-impostor-pairs", type=int, default=200_000, help="sample cap")
     sub.add_argument("--seed", type=int, default=0, help="impostor sampling seed")
@@ -332,23 +400,30 @@ def add_synthesize(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--contexts", type=Path, required=True, help="(N, 512) unit rows, .npy")
     sub.add_argument("--first", type=int, required=True, help="first identity (context row)")
     sub.add_argument("--last", type=int, required=True, help="one past the last identity")
-    sub.add_argument("--images-per-identity", type=int, required=True)
+    sub.add_argument("--images-per-identity", type=int, required=True, help="faces per identity")
     sub.add_argument("--out-dir", type=Path, required=True, help="<identity>/<k>.png go here")
     sub.add_argument("--done-marker", type=Path, required=True, help="shard summary, written last")
     sub.add_argument("--face-size", type=int, required=True, help="saved face size in pixels")
-    _settings_option(sub, "seed, sampler, steps, guidance_scale, eta, batch_size")
+    _settings_option(sub, "synthesis", leaves=("ids_per_shard", "gpus", "threads"))
     _threads(sub)
 
 
 def add_make_contexts(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--source", choices=["uniform", "ldm", "diffusers", "database"], required=True)
-    sub.add_argument("--out-dir", type=Path, required=True)
+    sub.add_argument(
+        "--source",
+        choices=["uniform", "ldm", "diffusers", "database"],
+        required=True,
+        help="uniform: random unit vectors; ldm, diffusers: faces from an unconditional "
+        "generator; database: a folder of context faces",
+    )
+    help = "contexts.npy (uniform) or images/ and manifest.tsv"
+    sub.add_argument("--out-dir", type=Path, required=True, help=help)
     sub.add_argument("--count", type=int, default=0, help="contexts or faces to make")
     sub.add_argument("--dim", type=int, default=512, help="uniform: embedding width")
-    sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--face-size", type=int, default=112)
+    sub.add_argument("--seed", type=int, default=0, help="face i starts from noise (seed, i)")
+    sub.add_argument("--face-size", type=int, default=112, help="saved face size in pixels")
     sub.add_argument("--steps", type=int, default=50, help="sampling steps")
-    sub.add_argument("--batch-size", type=int, default=100)
+    sub.add_argument("--batch-size", type=int, default=100, help="faces per sampling batch")
     _ldm(sub, required=False, help="ldm: the LDM checkpoint (+ .json)")
     _first_stage(sub, required=False, help="ldm: the VQ-f4 folder")
     sub.add_argument("--model-dir", type=Path, help="diffusers: unconditional UNet folder")
@@ -364,15 +439,18 @@ def add_select_contexts(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--manifest", "candidates_manifest", "candidate faces")
     _ldm(sub)
     _first_stage(sub)
-    sub.add_argument("--embedding-weights", type=Path, required=True)
-    sub.add_argument("--out-dir", type=Path, required=True)
-    _settings_option(sub, "selection config")
+    help = "embedding backbone (+ .json) that embeds the probe faces"
+    sub.add_argument("--embedding-weights", type=Path, required=True, help=help)
+    help = "contexts.npy, faces.tsv, selected.tsv, dropped.tsv"
+    sub.add_argument("--out-dir", type=Path, required=True, help=help)
+    _settings_option(sub, "contexts.selection", "identities (how many contexts to keep)")
     _threads(sub)
 
 
 def add_set_manifest(sub: argparse.ArgumentParser) -> None:
-    _path(sub, "--out", "out_manifest")
-    sub.add_argument("--identities", type=int, required=True)
+    _path(sub, "--out", "out_manifest", "the set's training manifest")
+    help = "synthetic people in the set (the first of the pool)"
+    sub.add_argument("--identities", type=int, required=True, help=help)
     _path(sub, "--images", "images_dir", "synthesized <id>/<k>.png folder", required=False)
     _path(sub, "--faces", "faces_manifest", "context faces manifest", required=False)
     sub.add_argument("--repeats", type=int, default=0, help="copies of each context face")
@@ -386,10 +464,18 @@ def add_set_manifest(sub: argparse.ArgumentParser) -> None:
 
 
 def add_results_table(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--row", type=_named_path, action="append", required=True, dest="evaluations")
-    sub.add_argument("--markdown", type=Path, required=True)
-    _path(sub, "--csv", "csv_path")
-    _path(sub, "--json", "json_path")
+    sub.add_argument(
+        "--row",
+        type=_named_path,
+        action="append",
+        required=True,
+        dest="evaluations",
+        metavar="LABEL=PATH",
+        help="a table row: its title and the evaluate JSON; repeat for each row, in order",
+    )
+    sub.add_argument("--markdown", type=Path, required=True, help="the table as Markdown")
+    _path(sub, "--csv", "csv_path", "the table as CSV")
+    _path(sub, "--json", "json_path", "the table as JSON, one object per row")
 
 
 Handler = Callable[[argparse.Namespace], None]
@@ -484,7 +570,7 @@ COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synface", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="synface", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, func, add_arguments, help in COMMANDS:

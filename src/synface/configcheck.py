@@ -22,7 +22,8 @@ def _is_integer(checker: Any, instance: Any) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-_Validator = validators.extend(
+# Shared with synface.settings.check_settings, which checks a stage's --settings the same way.
+Validator = validators.extend(
     Draft202012Validator,
     type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
 )
@@ -118,7 +119,7 @@ def validate_config(
         ConfigError: listing every problem, each naming the key and the file it came from.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
-    errors = sorted(_Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(Validator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         problems = [line for error in errors for line in _describe(error, sources)]
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

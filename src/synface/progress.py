@@ -115,7 +115,7 @@ class Progress(Generic[T]):
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
         figure = f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
         parts += [f"{figure} {self.unit}/s", f"elapsed {_clock(elapsed)}"]
-        if self.total and rate > 0:
+        if self.total and rate > 0 and self.n < self.total:
             parts.append(f"ETA {_clock(max(self.total - self.n, 0) / rate)}")
         return ", ".join(parts)
 

@@ -68,10 +68,11 @@ def _resolve(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _section_schema(section: str) -> dict[str, Any]:
-    """The schema of a dotted section; a name that is not a property follows the object's
-    ``additionalProperties`` schema (a map's entries, e.g. ``demo_world.benchmarks.lfw``)."""
+    """The schema of a dotted section (``""``: the whole config); a name that is not a property
+    follows the object's ``additionalProperties`` schema (a map's entries, e.g.
+    ``demo_world.benchmarks.lfw``)."""
     node = _resolve(_schema())
-    for part in section.split("."):
+    for part in filter(None, section.split(".")):
         entries = node.get("additionalProperties")
         sub = node.get("properties", {}).get(part, entries)
         if not isinstance(sub, dict):
@@ -99,12 +100,42 @@ def _defaults(node: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def section_keys(section: str) -> list[str]:
+    """The keys config section ``section`` defines, in the schema's order."""
+    return list(_section_schema(section).get("properties", {}))
+
+
 def schema_defaults(section: str) -> dict[str, Any]:
     """The defaults of a dotted config section, e.g. ``schema_defaults("ldm.train")``.
 
     A copy: callers may change it without changing the cached schema.
     """
     return copy.deepcopy(_default_of(_section_schema(section)))
+
+
+def check_settings(section: str, values: Mapping[str, Any]) -> None:
+    """Check each value of ``values`` that config section ``section`` defines against its schema,
+    as the workflow checks the config (types, ranges, choices, nested keys).
+
+    Keys the section does not define are left to the stage (``from_settings`` refuses the ones
+    it does not know), so a stage may take a value from elsewhere, e.g. ``image_size``.
+
+    Raises:
+        SettingsError: listing every bad value by its dotted key.
+    """
+    from synface.configcheck import Validator
+
+    properties = _section_schema(section).get("properties", {})
+    definitions = {"$defs": _schema().get("$defs", {})}
+    problems = []
+    for key, value in values.items():
+        if key not in properties:
+            continue
+        for error in Validator({**definitions, **properties[key]}).iter_errors(value):
+            path = [section, key, *map(str, error.absolute_path)]
+            problems.append(f"{'.'.join(filter(None, path))}: {error.message}")
+    if problems:
+        raise SettingsError("; ".join(problems))
 
 
 def from_settings(cls: type[T], values: Mapping[str, Any], section: str) -> T:

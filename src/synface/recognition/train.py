@@ -102,11 +102,16 @@ class RecognitionTrainConfig:
         """Build from the rule's params: ``image_size`` and the config's ``recognition``
         sections ``backbone``, ``head``, ``train`` and ``augment`` (config/README.md); what a
         section leaves out comes from the schema."""
-        unknown = sorted(set(settings) - {"image_size", "backbone", *SECTIONS})
-        if unknown or "image_size" not in settings:
+        known = ["image_size", "backbone", *SECTIONS]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
             raise SettingsError(
-                f"recognition settings need image_size and take backbone, "
-                f"{', '.join(SECTIONS)}; got unknown {unknown or 'none'}"
+                f"unknown recognition setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        if "image_size" not in settings:
+            raise SettingsError(
+                "recognition setting image_size missing and without a schema default: the face "
+                "size in pixels (config face_size)"
             )
         sections = {
             name: from_settings(kind, settings.get(name, {}), f"recognition.{name}")
