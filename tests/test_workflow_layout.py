@@ -47,6 +47,16 @@ def test_every_value_in_a_shell_command_is_quoted_by_snakemake() -> None:
         assert "'" not in command, f"rule {rule} quotes by hand: {command}"
 
 
+def test_the_slurm_profile_leaves_the_status_command_to_the_plugin() -> None:
+    """sacct, the plugin's default, is right for a cluster with accounting; squeue is only for
+    one without (the test cluster passes it on the command line)."""
+    profile = (ROOT / "workflow/profiles/slurm/config.yaml").read_text()
+    settings = yaml.safe_load(profile)
+    assert "slurm-status-command" not in settings
+    assert "slurm-init-seconds-before-status-checks" not in settings
+    assert "--slurm-status-command squeue" in profile  # the comment says when to override
+
+
 def test_the_default_config_plans_from_another_directory(tmp_path: Path) -> None:
     """No --configfile and an unrelated working directory: the config, the schema and the demo
     weights are found in the checkout, not in the working directory."""

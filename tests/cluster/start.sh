@@ -111,7 +111,7 @@ TaskPlugin=task/none
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
-# Finished jobs stay visible to squeue for 5 minutes: the profile's squeue status checks need
+# Finished jobs stay visible to squeue for 5 minutes: the tests' squeue status checks need
 # MinJobAge >= 3 x slurm-init-seconds-before-status-checks.
 MinJobAge=300
 KillWait=5

@@ -68,6 +68,10 @@ def snakemake_command(
         "--directory", str(workdir),
         "--profile", str(PROFILE),
         "--workflow-profile", "none",
+        # This cluster has no accounting, so no sacct: squeue, as the profile's comment says
+        # for such a site, polled from 5 s on (MinJobAge is 300 s here) to keep jobs short.
+        "--slurm-status-command", "squeue",
+        "--slurm-init-seconds-before-status-checks", "5",
         *args,
         "--configfile", *map(str, configfiles),
     ]  # fmt: skip
