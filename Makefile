@@ -3,6 +3,7 @@
 # make test-slow: only the end-to-end tests marked slow (the full demo and the paper path; about
 # 30 minutes on 2 cores).
 # make test-slurm: only the SLURM profile test, against a local cluster (root, Debian).
+# make constraints: rewrite constraints.txt from .venv (after a passing make test).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,16 +13,24 @@ CORES ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SNAKEMAKE := snakemake --cores $(CORES) --workflow-profile none
 
-.PHONY: setup demo demo-weights test test-slow test-slurm lint format clean-results
+.PHONY: setup demo demo-weights test test-slow test-slurm lint format clean-results constraints
 
 setup: $(STAMP)
 
-# Re-install only when the package metadata changes; torch comes from the local wheel cache.
-$(STAMP): pyproject.toml
+# Re-install only when the package metadata or the constraints change; torch comes from the
+# local wheel cache. constraints.txt holds the exact versions the test suite passed with.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# After a dependency change and a passing `make test`: record the versions it passed with.
+constraints: $(STAMP)
+	{ echo "# The exact versions synface's test suite passed with (Python 3.11, Linux x86-64)."; \
+	  echo "# make setup installs with them: pip install -c constraints.txt -e '.[dev]'."; \
+	  echo "# Refresh after a dependency change and a passing make test: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -i '^synface'; } > constraints.txt
 
 demo: $(STAMP)
 	$(SNAKEMAKE)
