@@ -250,6 +250,21 @@ def _path(
     sub.add_argument(flag, type=Path, required=required, help=help, dest=dest)
 
 
+def _named_paths(
+    sub: argparse.ArgumentParser, flag: str, dest: str, metavar: str, help: str
+) -> None:
+    """A repeated ``NAME=PATH`` option, collected in order into the list ``dest``."""
+    sub.add_argument(
+        flag,
+        type=_named_path,
+        action="append",
+        required=True,
+        dest=dest,
+        metavar=metavar,
+        help=help,
+    )
+
+
 def _first_stage(
     sub: argparse.ArgumentParser, required: bool = True, help: str = "", dest: str = "first_stage"
 ) -> None:
@@ -300,15 +315,8 @@ def add_train_recognition(sub: argparse.ArgumentParser) -> None:
 
 def add_evaluate(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--weights", type=Path, required=True, help="backbone (+ .json spec)")
-    sub.add_argument(
-        "--pack",
-        type=_named_path,
-        action="append",
-        required=True,
-        dest="packs",
-        metavar="NAME=PATH",
-        help="a benchmark and its insightface .bin pack, e.g. lfw=lfw.bin; repeat for each",
-    )
+    help = "a benchmark and its insightface .bin pack, e.g. lfw=lfw.bin; repeat for each"
+    _named_paths(sub, "--pack", "packs", "NAME=PATH", help)
     _path(sub, "--out", "out_json", "JSON of accuracy, std, threshold and XNorm per benchmark")
     sub.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     sub.add_argument("--precision", default="bf16", help="bf16 or fp32 (evaluation.precision)")
@@ -464,15 +472,8 @@ def add_set_manifest(sub: argparse.ArgumentParser) -> None:
 
 
 def add_results_table(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--row",
-        type=_named_path,
-        action="append",
-        required=True,
-        dest="evaluations",
-        metavar="LABEL=PATH",
-        help="a table row: its title and the evaluate JSON; repeat for each row, in order",
-    )
+    help = "a table row: its title and the evaluate JSON; repeat for each row, in order"
+    _named_paths(sub, "--row", "evaluations", "LABEL=PATH", help)
     sub.add_argument("--markdown", type=Path, required=True, help="the table as Markdown")
     _path(sub, "--csv", "csv_path", "the table as CSV")
     _path(sub, "--json", "json_path", "the table as JSON, one object per row")
