@@ -319,9 +319,14 @@ def train_recognition(
             cfg.train.epochs,
             sum(p.numel() for p in model.parameters()) / 1e6,
         )
-    total = cfg.train.epochs * len(loader)
-    every, main = cfg.train.log_every, dist_info.is_main
-    bar = progress(total, "train-recognition", every, None, "steps", global_step, disable=not main)
+    bar = progress(
+        cfg.train.epochs * len(loader),
+        "train-recognition",
+        cfg.train.log_every,
+        unit="steps",
+        initial=global_step,
+        disable=not dist_info.is_main,
+    )
     for epoch in range(start_epoch, cfg.train.epochs):
         global_step = _train_epoch(run, loader, epoch, global_step, loss_log, bar)
         if dist_info.is_main:
