@@ -1,4 +1,5 @@
 import json
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -122,7 +123,12 @@ def get_results_table_rows(wildcards, input):
 
 
 def get_final_output():
-    return [*rules.results_table.output, *get_identity_check_report(), *get_consistency_reports()]
+    return [
+        *rules.results_table.output,
+        *get_identity_check_report(),
+        *get_consistency_reports(),
+        *get_report_figures(),
+    ]
 
 
 # --- the generative half ---------------------------------------------------------------------
@@ -430,6 +436,54 @@ def get_identity_check_report():
 
 def get_consistency_reports():
     return expand(rules.identity_consistency.output.json, set=SYNTHETIC)
+
+
+# --- the report's figures --------------------------------------------------------------------
+
+
+def get_report_figures():
+    """Every figure the run's data supports: the LDM's only when this run trained it, the
+    context selection's only when a set uses selected contexts."""
+    figures = [
+        *rules.plot_recognition_training.output,
+        *rules.plot_roc.output,
+        *expand(rules.plot_samples.output, set=SYNTHETIC),
+    ]
+    if uses_selected_contexts():
+        figures += rules.plot_contexts.output
+    if component_source("ldm") == "trained":
+        figures += rules.plot_ldm_training.output
+    return figures
+
+
+def named_paths(flag, paths):
+    """``--flag 'LABEL=path'`` per dataset, quoted for the shell (labels hold any character)."""
+    return " ".join(
+        f"{flag} {shlex.quote(config['datasets'][name]['label'] + '=' + str(path))}"
+        for name, path in paths.items()
+    )
+
+
+def get_recognition_training_logs():
+    run_dir = rules.train_recognition.params.run_dir
+    return named_paths(
+        "--log", {name: f"{run_dir.format(dataset=name)}/loss.tsv" for name in DATASETS}
+    )
+
+
+def get_plot_roc_rows(wildcards, input):
+    return named_paths("--row", {name: input[name] for name in DATASETS})
+
+
+def get_plot_samples_input(wildcards):
+    inputs = {"manifest": rules.synthetic_set_manifest.output.synthetic}
+    if config["datasets"][wildcards.set]["contexts"] == "selected":
+        inputs["faces"] = rules.select_contexts.output.faces
+    return inputs
+
+
+def get_plot_samples_faces(wildcards, input):
+    return f"--faces {shlex.quote(input.faces)}" if "faces" in input.keys() else ""
 
 
 # --- start-up checks -------------------------------------------------------------------------

@@ -34,6 +34,11 @@ rule results_table:
         ),
         csv="results/tables/results.csv",
         json="results/tables/results.json",
+        mean_std=report(
+            "results/tables/results_mean_std.csv",
+            caption="../workflow/report/results.rst",
+            category="Results",
+        ),
     log:
         "logs/results_table/results_table.log",
     benchmark:
@@ -49,4 +54,4 @@ rule results_table:
         rows=get_results_table_rows,
     shell:
         "synface results-table {params.rows} --markdown {output.markdown} "
-        "--csv {output.csv} --json {output.json} > {log} 2>&1"
+        "--csv {output.csv} --json {output.json} --mean-std-csv {output.mean_std} > {log} 2>&1"

@@ -27,13 +27,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BenchmarkResult:
-    """One benchmark's figures as insightface reports them, plus the pack's size."""
+    """One benchmark's figures as insightface reports them, plus the pack's size and, per pair,
+    the squared distance and whether it is a genuine pair (for ROC curves)."""
 
     accuracy: float
     std: float
     threshold: float
     xnorm: float
     pairs: int
+    distances: tuple[float, ...]
+    issame: tuple[bool, ...]
 
 
 def decode_pack_images(
@@ -97,7 +100,16 @@ def evaluate_pack(
     )
     emb = embeddings.double().numpy()
     accuracy, std, threshold = kfold_accuracy(emb[0::2], emb[1::2], issame, nfolds=10)
-    return BenchmarkResult(accuracy, std, threshold, xnorm, len(issame))
+    distances = ((emb[0::2] - emb[1::2]) ** 2).sum(axis=1)
+    return BenchmarkResult(
+        accuracy,
+        std,
+        threshold,
+        xnorm,
+        len(issame),
+        tuple(round(float(d), 6) for d in distances),
+        tuple(bool(same) for same in issame),
+    )
 
 
 def evaluate_backbone(
