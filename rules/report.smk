@@ -15,6 +15,8 @@ rule plot_recognition_training:
         ),
     log:
         "logs/plot_recognition_training/plot_recognition_training.log",
+    benchmark:
+        "logs/benchmarks/plot_recognition_training/plot_recognition_training.tsv"
     localrule: True
     conda:
         "../envs/synface.yaml"
@@ -47,6 +49,8 @@ rule plot_ldm_training:
         ),
     log:
         "logs/plot_ldm_training/plot_ldm_training.log",
+    benchmark:
+        "logs/benchmarks/plot_ldm_training/plot_ldm_training.tsv"
     localrule: True
     conda:
         "../envs/synface.yaml"
@@ -74,6 +78,8 @@ rule plot_roc:
         ),
     log:
         "logs/plot_roc/plot_roc.log",
+    benchmark:
+        "logs/benchmarks/plot_roc/plot_roc.tsv"
     localrule: True
     conda:
         "../envs/synface.yaml"
@@ -99,6 +105,8 @@ rule plot_samples:
         ),
     log:
         "logs/plot_samples/{set}.log",
+    benchmark:
+        "logs/benchmarks/plot_samples/{set}.tsv"
     localrule: True
     conda:
         "../envs/synface.yaml"
@@ -127,6 +135,8 @@ rule plot_contexts:
         ),
     log:
         "logs/plot_contexts/plot_contexts.log",
+    benchmark:
+        "logs/benchmarks/plot_contexts/plot_contexts.tsv"
     localrule: True
     conda:
         "../envs/synface.yaml"
