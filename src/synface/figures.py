@@ -38,14 +38,16 @@ def panels(rows: int, columns: int, width: float, height: float) -> tuple[Figure
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def save_figure(figure: Figure, out: Path) -> None:
-    """Render ``figure`` to PNG in memory, then write it atomically (a killed job leaves none).
-
-    The PNG carries no date or version text, so the same data gives the same bytes.
-    """
+def save_png(figure: Figure) -> bytes:
+    """``figure`` as PNG bytes, without date or version text: the same data, the same bytes."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    write_bytes(out, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(figure: Figure, out: Path) -> None:
+    """Write ``figure`` as a PNG atomically (a killed job leaves none)."""
+    write_bytes(out, save_png(figure))
 
 
 def read_log(path: Path) -> dict[str, np.ndarray]:
