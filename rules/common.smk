@@ -458,10 +458,8 @@ def get_report_figures():
 
 def named_paths(flag, paths):
     """``--flag 'LABEL=path'`` per dataset, quoted for the shell (labels hold any character)."""
-    return " ".join(
-        f"{flag} {shlex.quote(config['datasets'][name]['label'] + '=' + str(path))}"
-        for name, path in paths.items()
-    )
+    labels = {name: config["datasets"][name]["label"] for name in paths}
+    return " ".join(f"{flag} {shlex.quote(f'{labels[n]}={p}')}" for n, p in paths.items())
 
 
 def get_recognition_training_logs():

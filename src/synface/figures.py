@@ -190,5 +190,5 @@ def plot_previews(run_dir: Path, out: Path, most: int = 6) -> None:
     figure, axes = panels(1, len(picked), 3.2, 3.6)
     for axis, preview in zip(axes[0], sorted(picked), strict=True):
         _show(axis, preview, f"step {int(preview.stem.removeprefix('preview_'))}")
-    figure.suptitle("LDM previews: each row a training context (its face first), then samples")
+    figure.suptitle("LDM previews over training")
     save_figure(figure, out)
