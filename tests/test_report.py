@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 from workflow_runner import MICRO, snakemake
 
 from synface.evaluation.table import COLUMNS
@@ -36,9 +37,12 @@ function probeReport() {
   const order = [...images.filter((p) => p !== grid), grid];
   function next(i) {
     if (i > 0) {
-      const img = document.querySelector("img[src^='data:image']");
-      shown.push({path: order[i - 1], width: img ? img.naturalWidth : -1,
-                  complete: img ? img.complete : false});
+      const path = order[i - 1];
+      const img = Array.from(document.images).find((x) => x.src === results[path].data_uri);
+      const others = Array.from(document.images).filter((x) => x !== img);
+      shown.push({path: path, width: img ? img.naturalWidth : -1,
+                  complete: img ? img.complete : false,
+                  others_broken: others.filter((x) => !x.complete || x.naturalWidth === 0).length});
     }
     if (i === order.length) { record("data-shown", shown); return; }
     app.setView({content: "img", contentPath: results[order[i]].data_uri, resultPath: order[i]});
@@ -88,7 +92,9 @@ def report_html(micro_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_the_report_renders_the_table_and_figures(report_html: Path, micro_run: Path) -> None:
     binary = chromium()
     probe = report_html.with_name("probe.html")
-    probe.write_text(report_html.read_text().replace("</body>", PROBE + "</body>"))
+    # Before the last </body>: the report's scripts hold the string "</body>" too.
+    page, _, end = report_html.read_text().rpartition("</body>")
+    probe.write_text(page + PROBE + "</body>" + end)
     dom = run_chromium(binary, "--dump-dom", probe.as_uri()).stdout
     first_page = json.loads(_attribute(dom, "data-first-page"))
     shown = json.loads(_attribute(dom, "data-shown"))
@@ -103,7 +109,13 @@ def test_the_report_renders_the_table_and_figures(report_html: Path, micro_run: 
     assert {"results/figures/recognition_training.png", "results/ldm/identity_check.png"} <= set(
         paths
     )
-    broken = [e["path"] for e in shown if not e["complete"] or e["width"] <= 0]
+    # Each displayed image decoded at the size of the PNG the run wrote.
+    for entry in shown:
+        with Image.open(micro_run / entry["path"]) as image:
+            assert entry["width"] == image.width, entry
+    broken = [
+        e["path"] for e in shown if not e["complete"] or e["width"] <= 0 or e["others_broken"]
+    ]
     assert not broken, f"images that do not display: {broken}"
     screenshot = report_html.with_name("report.png")
     run_chromium(binary, f"--screenshot={screenshot}", report_html.as_uri())

@@ -24,6 +24,12 @@ from synface.io.manifest import read_manifest
 
 # Columns of a training log that are not curves: the x axis, and bookkeeping.
 NOT_CURVES = ("step", "epoch", "images_per_s")
+# Panel titles of the logged figures (others are titled by their column name).
+TITLES = {
+    "loss": "loss",
+    "top1": "top-1 accuracy (training batch)",
+    "lr": "learning rate",
+}
 # The false accept rate at which the ROC legends quote the true accept rate.
 FAR = 1e-3
 DPI = 100
@@ -69,7 +75,7 @@ def plot_curves(logs: dict[str, Path], out: Path, title: str) -> None:
         for label, table in tables.items():
             if name in table:
                 axis.plot(table["step"], table[name], label=label, marker=".")
-        axis.set(xlabel="step", title=name)
+        axis.set(xlabel="step", title=TITLES.get(name, name))
         if name == "lr":
             axis.set_yscale("log")
         axis.grid(alpha=0.3)
@@ -100,7 +106,7 @@ def plot_roc(evaluations: dict[str, Path], out: Path) -> None:
     results = {
         label: json.loads(Path(p).read_text())["benchmarks"] for label, p in evaluations.items()
     }
-    figure, axes = panels(1, len(COLUMNS), 4.2, 4.4)
+    figure, axes = panels(1, len(COLUMNS), 4.2, 5.4)
     for axis, (pack, title) in zip(axes[0], COLUMNS.items(), strict=True):
         for label, benchmarks in results.items():
             if "distances" not in benchmarks[pack]:
@@ -114,7 +120,7 @@ def plot_roc(evaluations: dict[str, Path], out: Path) -> None:
         axis.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), title=title)
         axis.set(xlabel="false accept rate", ylabel="true accept rate")
         axis.grid(alpha=0.3, which="both")
-        axis.legend(fontsize="x-small", loc="lower right")
+        axis.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.15))
     save_figure(figure, out)
 
 
