@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the whole pipeline on the demo world.
 # make test: set up .venv and run the test suite (what CI runs).
+# make report: run the pipeline (if not done), then write its report: results/report.html, .zip.
 # make test-slow: only the end-to-end tests marked slow (the full demo and the paper path; about
 # 30 minutes on 2 cores).
 # make test-slurm: only the SLURM profile test, against a local cluster (root, Debian).
@@ -13,7 +14,7 @@ CORES ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 SNAKEMAKE := snakemake --cores $(CORES) --workflow-profile none
 
-.PHONY: setup demo demo-weights test test-slow test-slurm lint format clean-results constraints
+.PHONY: setup demo demo-weights report test test-slow test-slurm lint format clean-results constraints
 
 setup: $(STAMP)
 
@@ -35,6 +36,13 @@ constraints: $(STAMP)
 demo: $(STAMP)
 	$(SNAKEMAKE)
 	@cat results/tables/results.md
+
+# The self-contained page (results/report.html) and the same as a folder of files
+# (results/report.zip, for runs whose figures make the page too large for a browser).
+report: $(STAMP)
+	$(SNAKEMAKE)
+	$(SNAKEMAKE) --report results/report.html
+	$(SNAKEMAKE) --report results/report.zip
 
 # Remake the shipped demo-world weights (embedding model, first stage, LDM) with the workflow's
 # own rules and record their provenance in demo_weights/PROVENANCE.json. Hours on 2 CPU cores;

@@ -28,6 +28,7 @@ include: "rules/ldm.smk"
 include: "rules/contexts.smk"
 include: "rules/synthesis.smk"
 include: "rules/demo_weights.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -126,13 +126,18 @@ def get_train_recognition_params():
     )
 
 
-def get_results_table_rows(wildcards, input):
-    rows = [f"{config['datasets'][name]['label']}={input[name]}" for name in DATASETS]
-    return [arg for row in rows for arg in ("--row", row)]
+def get_evaluation_rows(wildcards, input):
+    """``--row LABEL=evaluation JSON`` per dataset, in the config's order (table and ROC)."""
+    return named_paths("--row", {name: input[name] for name in DATASETS})
 
 
 def get_final_output():
-    return [*rules.results_table.output, *get_identity_check_report(), *get_consistency_reports()]
+    return [
+        *rules.results_table.output,
+        *get_identity_check_report(),
+        *get_consistency_reports(),
+        *get_report_figures(),
+    ]
 
 
 # --- the generative half ---------------------------------------------------------------------
@@ -439,6 +444,49 @@ def get_identity_check_report():
 
 def get_consistency_reports():
     return expand(rules.identity_consistency.output.json, set=SYNTHETIC)
+
+
+# --- the report's figures --------------------------------------------------------------------
+
+
+def get_report_figures():
+    """Every figure the run's data supports: the LDM's only when this run trained it, the
+    context selection's only when a set uses selected contexts."""
+    figures = [
+        *rules.plot_recognition_training.output,
+        *rules.plot_roc.output,
+        *expand(rules.plot_samples.output, set=SYNTHETIC),
+    ]
+    if uses_selected_contexts():
+        figures += rules.plot_contexts.output
+    if component_source("ldm") == "trained":
+        figures += rules.plot_ldm_training.output
+    return figures
+
+
+def named_paths(flag, paths):
+    """``--flag LABEL=path`` per dataset, as arguments for a ``{params.x:q}`` (labels hold any
+    character, so Snakemake quotes them)."""
+    labels = {name: config["datasets"][name]["label"] for name in paths}
+    return [arg for name, path in paths.items() for arg in (flag, f"{labels[name]}={path}")]
+
+
+def get_recognition_training_logs():
+    run_dir = rules.train_recognition.params.run_dir
+    return named_paths(
+        "--log", {name: f"{run_dir.format(dataset=name)}/loss.tsv" for name in DATASETS}
+    )
+
+
+def get_plot_samples_input(wildcards):
+    inputs = {"manifest": rules.synthetic_set_manifest.output.synthetic}
+    if config["datasets"][wildcards.set]["contexts"] == "selected":
+        inputs["faces"] = rules.select_contexts.output.faces
+    return inputs
+
+
+def get_plot_samples_faces(wildcards, input):
+    return ["--faces", input.faces] if "faces" in input.keys() else []
 
 
 # --- start-up checks -------------------------------------------------------------------------

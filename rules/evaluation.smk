@@ -34,6 +34,11 @@ rule results_table:
         ),
         csv="results/tables/results.csv",
         json="results/tables/results.json",
+        mean_std=report(
+            "results/tables/results_mean_std.csv",
+            caption="../workflow/report/results.rst",
+            category="Results",
+        ),
     log:
         "logs/results_table/results_table.log",
     benchmark:
@@ -46,7 +51,8 @@ rule results_table:
         mem_mb=1000,
         runtime=10,
     params:
-        rows=get_results_table_rows,
+        rows=get_evaluation_rows,
     shell:
         "synface results-table {params.rows:q} --markdown {output.markdown:q} "
-        "--csv {output.csv:q} --json {output.json:q} > {log:q} 2>&1"
+        "--csv {output.csv:q} --json {output.json:q} --mean-std-csv {output.mean_std:q} "
+        "> {log:q} 2>&1"

@@ -101,7 +101,11 @@ rule identity_check:
             caption="../workflow/report/identity_check.rst",
             category="Generator",
         ),
-        grid="results/ldm/identity_check.png",
+        grid=report(
+            "results/ldm/identity_check.png",
+            caption="../workflow/report/identity_check.rst",
+            category="Generator",
+        ),
     log:
         "logs/identity_check/identity_check.log",
     benchmark:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from synface import checkpoint
 from synface.io.atomic import DiskFullError
@@ -87,15 +88,43 @@ def test_a_run_past_the_configured_length_restarts(
     assert "past the 3 now configured" in caplog.text
 
 
-def test_the_loss_log_drops_lines_past_the_resumed_step(tmp_path: Path) -> None:
-    (tmp_path / "loss.tsv").write_text("epoch=1\tstep=1\tloss=2\nepoch=1\tstep=2\tloss=1\n")
-    log = checkpoint.LossLog(tmp_path, step_done=1)
-    log.append({"epoch": 1, "step": 2, "loss": 0.5})
-    assert (
-        tmp_path / "loss.tsv"
-    ).read_text() == "epoch=1\tstep=1\tloss=2\nepoch=1\tstep=2\tloss=0.5\n"
+def test_the_loss_log_is_a_table_that_a_resumed_run_continues(tmp_path: Path) -> None:
+    """A header row once, then rows; resuming at step 1 drops the row of step 2 (logged after
+    the last checkpoint), and pandas reads the file as it is."""
+    log = checkpoint.LossLog(tmp_path, step_done=0)
+    log.append({"epoch": 1, "step": 1, "loss": 2.0, "lr": 0.1})
+    log.append({"epoch": 1, "step": 2, "loss": 1.0, "lr": 0.1})
+    resumed = checkpoint.LossLog(tmp_path, step_done=1)
+    resumed.append({"epoch": 1, "step": 2, "loss": 0.5, "lr": 0.1})
+    text = (tmp_path / "loss.tsv").read_text()
+    assert text == "epoch\tstep\tloss\tlr\n1\t1\t2\t0.1\n1\t2\t0.5\t0.1\n"
+    pandas = pytest.importorskip("pandas")
+    table = pandas.read_csv(tmp_path / "loss.tsv", sep="\t")
+    assert list(table.columns) == ["epoch", "step", "loss", "lr"]
+    assert table["loss"].tolist() == [2.0, 0.5]
+    with pytest.raises(ValueError, match="has the columns"):
+        resumed.append({"step": 3, "loss": 0.1})
     checkpoint.LossLog(tmp_path, step_done=0)
-    assert (tmp_path / "loss.tsv").read_text() == ""
+    assert (tmp_path / "loss.tsv").read_text() == "epoch\tstep\tloss\tlr\n"
+
+
+def test_the_loss_log_writes_tensorboard_events(tmp_path: Path) -> None:
+    log = checkpoint.LossLog(tmp_path, step_done=0)
+    for step in (1, 2):
+        log.append({"step": step, "loss": 3.0 - step, "lr": 0.1})
+    log.add_image("preview", torch.rand(3, 8, 12), 2)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 2.0), (2, 1.0)]
+    assert set(events.Tags()["scalars"]) == {"loss", "lr"}
+    assert [e.step for e in events.Images("preview")] == [2]
+
+
+def test_an_old_loss_log_without_a_header_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "loss.tsv").write_text("step=1\tloss=2\n")
+    checkpoint.LossLog(tmp_path, step_done=1).append({"step": 2, "loss": 1.0})
+    assert (tmp_path / "loss.tsv").read_text() == "step\tloss\n2\t1\n"
+    assert (tmp_path / "loss.tsv.previous").read_text() == "step=1\tloss=2\n"
 
 
 def test_content_digest_follows_the_bytes(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ trainer run in this process with the whole batch, from the same seed; the loss c
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -103,11 +104,9 @@ def torchrun(*args: str) -> None:
 
 
 def read_losses(run_dir: Path) -> tuple[list[int], np.ndarray]:
-    """Steps and losses of `loss.tsv` (key=value columns, one row per logged step)."""
-    rows = [
-        dict(field.split("=", 1) for field in line.split("\t"))
-        for line in (run_dir / "loss.tsv").read_text().splitlines()
-    ]
+    """Steps and losses of `loss.tsv` (a header row, then one row per logged step)."""
+    with (run_dir / "loss.tsv").open() as table:
+        rows = list(csv.DictReader(table, delimiter="\t"))
     return [int(float(row["step"])) for row in rows], np.array([float(r["loss"]) for r in rows])
 
 

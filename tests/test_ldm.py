@@ -3,6 +3,7 @@ shipped demo-world weights."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -110,8 +111,8 @@ def test_sigkilled_training_resumes_from_its_last_checkpoint(tmp_path: Path) -> 
 
 
 def _logged_steps(run_dir: Path) -> list[int]:
-    lines = (run_dir / "loss.tsv").read_text().splitlines()
-    return [int(line.split("\t")[0].removeprefix("step=")) for line in lines]
+    with (run_dir / "loss.tsv").open() as table:
+        return [int(row["step"]) for row in csv.DictReader(table, delimiter="\t")]
 
 
 def _train_ldm(cache: Path, tmp_path: Path, run: str, steps: int) -> Path:

@@ -19,7 +19,6 @@ import pytest
 import yaml
 from paper_inputs import BENCHMARKS, write_paper_inputs
 from snakemake.utils import update_config
-
 from workflow_runner import ROOT, RULES, snakemake
 
 from synface.contexts import generate_diffusers_faces

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -180,8 +181,8 @@ def _train(packed: Path, run_dir: Path, out: Path, **train: object) -> list[dict
 
 
 def _logged_steps(run_dir: Path) -> list[int]:
-    lines = (run_dir / "loss.tsv").read_text().splitlines()
-    return [int(float(line.split("\t")[1].removeprefix("step="))) for line in lines]
+    with (run_dir / "loss.tsv").open() as table:
+        return [int(row["step"]) for row in csv.DictReader(table, delimiter="\t")]
 
 
 def test_training_learns_and_resumes_from_the_newest_checkpoint(
@@ -195,8 +196,10 @@ def test_training_learns_and_resumes_from_the_newest_checkpoint(
         "META_Epoch_2_checkpoint.pth",
     ]
     # A run killed in epoch 3 after logging two of its steps: the resumed run logs them again.
+    header = (run_dir / "loss.tsv").read_text().splitlines()[0].split("\t")
     with (run_dir / "loss.tsv").open("a") as log:
-        log.write("epoch=3\tstep=7\tloss=1\nepoch=3\tstep=8\tloss=1\n")
+        for step in (7, 8):
+            log.write("\t".join(str(step) if c == "step" else "1" for c in header) + "\n")
     # A later run with more epochs continues at epoch 3 with the step count it had reached.
     resumed = _train(packed, run_dir, out)
     steps_per_epoch = (6 * 12) // 24

@@ -36,6 +36,11 @@ RULES = [
     "context_faces_manifest",
     "identity_consistency",
     "pack_demo_weights",
+    "plot_recognition_training",
+    "plot_ldm_training",
+    "plot_roc",
+    "plot_samples",
+    "plot_contexts",
 ]
 
 

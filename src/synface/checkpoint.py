@@ -226,29 +226,71 @@ def _checked_resume(
 
 
 class LossLog:
-    """A run folder's ``loss.tsv``: one ``key=value<TAB>...`` line per logged step.
+    """A run folder's training log, written by the main process only, in two forms.
 
-    Opening it for a run resumed at ``step_done`` drops the lines of later steps (the work a
-    killed run did after its last checkpoint, which the resumed run redoes and logs again).
+    ``loss.tsv``: a header row, then one row per logged step (``step``, ``loss``, ``lr``, ...),
+    so ``pandas.read_csv(path, sep="\\t")`` or a spreadsheet reads it as it is; and TensorBoard
+    event files under ``tensorboard/`` (every column but ``step`` as a scalar, plus the images
+    the trainer adds), for ``tensorboard --logdir``.
+
+    Opening it for a run resumed at ``step_done`` drops the rows of later steps (the work a
+    killed run did after its last checkpoint, which the resumed run redoes and logs again), and
+    TensorBoard is told to discard its events of those steps too.
     """
 
     def __init__(self, run_dir: Path, step_done: int) -> None:
         self.path = Path(run_dir) / "loss.tsv"
+        self.board_dir = Path(run_dir) / "tensorboard"
+        self.columns: list[str] | None = None
+        self._step_done = step_done
+        self._board: Any = None
         if self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-            kept = [line for line in lines if _logged_step(line) <= step_done]
-            if len(kept) != len(lines):
-                write_text(self.path, "".join(kept))
+            self._keep_rows_up_to(step_done)
+
+    def _keep_rows_up_to(self, step_done: int) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        header = lines[0].rstrip("\n").split("\t") if lines else []
+        if "step" not in header:
+            aside = self.path.with_name(self.path.name + ".previous")
+            log.warning("%s has no header row with a step column: moved to %s", self.path, aside)
+            self.path.replace(aside)
+            return
+        self.columns = header
+        column = header.index("step")
+        kept = [lines[0]] + [
+            line for line in lines[1:] if float(line.split("\t")[column]) <= step_done
+        ]
+        if len(kept) != len(lines):
+            write_text(self.path, "".join(kept))
 
     def append(self, record: Mapping[str, float]) -> None:
+        """One row (its keys are the columns; the first record's keys write the header)."""
+        if self.columns is None:
+            self.columns = list(record)
+            write_text(self.path, "\t".join(self.columns) + "\n")
+        elif list(record) != self.columns:
+            raise ValueError(
+                f"{self.path} has the columns {self.columns}, this run logs {list(record)}: "
+                "move the file aside to start a new log"
+            )
         with self.path.open("a", encoding="utf-8") as out:
-            out.write("\t".join(f"{k}={v:.6g}" for k, v in record.items()) + "\n")
+            out.write("\t".join(f"{v:.6g}" for v in record.values()) + "\n")
+        board = self._tensorboard()
+        for key, value in record.items():
+            if key != "step":
+                board.add_scalar(key, value, int(record["step"]))
+        board.flush()
 
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """A (3, H, W) image in [0, 1] (a preview grid) in TensorBoard's images tab."""
+        board = self._tensorboard()
+        board.add_image(tag, image, step)
+        board.flush()
 
-def _logged_step(line: str) -> float:
-    """The ``step=`` value of a loss line (infinite for a line without one: dropped)."""
-    for field in line.rstrip("\n").split("\t"):
-        key, _, value = field.partition("=")
-        if key == "step":
-            return float(value)
-    return float("inf")
+    def _tensorboard(self) -> Any:
+        """The event writer, made on first use (importing TensorBoard takes seconds)."""
+        if self._board is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(self.board_dir, purge_step=self._step_done + 1)
+        return self._board

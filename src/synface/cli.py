@@ -216,6 +216,36 @@ def run_results_table(args: argparse.Namespace) -> None:
     print(to_markdown(rows), end="")
 
 
+def run_plot_curves(args: argparse.Namespace) -> None:
+    from synface.figures import plot_curves
+
+    _call(plot_curves, args, logs=dict(args.logs))
+
+
+def run_plot_roc(args: argparse.Namespace) -> None:
+    from synface.figures import plot_roc
+
+    _call(plot_roc, args, evaluations=dict(args.evaluations))
+
+
+def run_plot_samples(args: argparse.Namespace) -> None:
+    from synface.figures import plot_samples
+
+    _call(plot_samples, args)
+
+
+def run_plot_contexts(args: argparse.Namespace) -> None:
+    from synface.figures import plot_contexts
+
+    _call(plot_contexts, args)
+
+
+def run_plot_previews(args: argparse.Namespace) -> None:
+    from synface.figures import plot_previews
+
+    _call(plot_previews, args)
+
+
 def _threads(
     sub: argparse.ArgumentParser,
     help: str = "CPU threads of the job (torch and data loading; the rule's threads)",
@@ -477,6 +507,40 @@ def add_results_table(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--markdown", type=Path, required=True, help="the table as Markdown")
     _path(sub, "--csv", "csv_path", "the table as CSV")
     _path(sub, "--json", "json_path", "the table as JSON, one object per row")
+    _path(sub, "--mean-std-csv", "mean_std_csv", "mean ± std per benchmark, for the report", False)
+
+
+def add_plot_curves(sub: argparse.ArgumentParser) -> None:
+    help = "a training run's loss.tsv and its label; repeat for several runs"
+    _named_paths(sub, "--log", "logs", "LABEL=PATH", help)
+    sub.add_argument("--title", required=True, help="the figure's title")
+    sub.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+
+
+def add_plot_roc(sub: argparse.ArgumentParser) -> None:
+    help = "a model's evaluation JSON and its label; repeat for several models"
+    _named_paths(sub, "--row", "evaluations", "LABEL=PATH", help)
+    sub.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+
+
+def add_plot_samples(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--manifest", type=Path, required=True, help="the set's generated faces")
+    sub.add_argument("--faces", type=Path, help="context faces manifest (label = identity)")
+    sub.add_argument("--identities", type=int, default=6, help="rows (identities); default 6")
+    sub.add_argument("--samples", type=int, default=7, help="samples per row; default 7")
+    sub.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+
+
+def add_plot_contexts(sub: argparse.ArgumentParser) -> None:
+    _path(sub, "--candidates", "candidates_manifest", "the candidate faces' manifest")
+    sub.add_argument("--selected", type=Path, required=True, help="select-contexts selected.tsv")
+    sub.add_argument("--dropped", type=Path, required=True, help="select-contexts dropped.tsv")
+    sub.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
+
+
+def add_plot_previews(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--run-dir", type=Path, required=True, help="train-ldm run folder")
+    sub.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
 
 
 Handler = Callable[[argparse.Namespace], None]
@@ -567,6 +631,11 @@ COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
         "a synthetic set's manifest (oversampled)",
     ),
     ("results-table", run_results_table, add_results_table, "the paper-style results table"),
+    ("plot-curves", run_plot_curves, add_plot_curves, "training curves from loss.tsv logs"),
+    ("plot-roc", run_plot_roc, add_plot_roc, "ROC curves of every model per benchmark"),
+    ("plot-samples", run_plot_samples, add_plot_samples, "a synthetic set's sample grid"),
+    ("plot-contexts", run_plot_contexts, add_plot_contexts, "selected and dropped contexts"),
+    ("plot-previews", run_plot_previews, add_plot_previews, "the LDM's previews over training"),
 )
 
 

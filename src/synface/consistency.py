@@ -32,15 +32,13 @@ Where this differs from the reference, and why:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from synface.evaluation.verification import l2_normalize
-from synface.io.atomic import atomic_path, write_json
+from synface.io.atomic import write_bytes, write_json
 from synface.io.embeddings import aligned_entries, read_embeddings
 
 log = logging.getLogger(__name__)
@@ -55,14 +53,9 @@ FMR100, FMR1000 = 0.01, 0.001
 # the reference's TU_DESIGN_COLORS for genuine, imposter and the EER threshold line.
 HIST_BINS = 100
 PNG_SIZE = (800, 500)
-_MARGINS = (76, 44, 24, 60)  # left, top, right, bottom, in pixels
-_GENUINE_RGB = (0, 157, 129)
-_IMPOSTOR_RGB = (0, 131, 204)
-_EER_RGB = (236, 101, 0)
-_BAR_ALPHA = 140
-_FONT_SIZE = 14
-_X_TICKS = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
-_Y_TICK_COUNT = 5
+_GENUINE_COLOUR = "#009d81"
+_IMPOSTOR_COLOUR = "#0083cc"
+_EER_COLOUR = "#ec6500"
 
 
 @dataclass(frozen=True)
@@ -234,8 +227,7 @@ def write_report(
     """Write the report as JSON and the two score histograms as a PNG, each atomically."""
     out_json, out_png = Path(out_json), Path(out_png)
     write_json(out_json, report.to_dict())
-    with atomic_path(out_png) as tmp:
-        _histogram_figure(report, genuine, impostor).save(tmp, format="PNG")
+    write_bytes(out_png, _histogram_figure(report, genuine, impostor))
 
 
 def consistency_report(
@@ -320,121 +312,33 @@ def _fnmr_at_fmr(fmr: np.ndarray, fnmr: np.ndarray, target: float) -> float:
 
 def _histogram_figure(
     report: ConsistencyReport, genuine: np.ndarray, impostor: np.ndarray
-) -> Image.Image:
-    """Two overlaid per-distribution probability histograms with axes, ticks and a legend."""
-    width, height = PNG_SIZE
-    left, top, right, bottom = _MARGINS
-    box = (left, top, width - right, height - bottom)
+) -> bytes:
+    """Two overlaid per-distribution probability histograms and the EER threshold, as PNG."""
+    from matplotlib.figure import Figure
+
+    from synface.figures import DPI, save_png
+
+    figure = Figure(figsize=(PNG_SIZE[0] / DPI, PNG_SIZE[1] / DPI), layout="constrained")
+    axis = figure.subplots()
     edges = np.linspace(-1.0, 1.0, HIST_BINS + 1)
-    series = [
-        (
-            f"genuine ({report.genuine_pairs:,} pairs)",
-            _bin_probabilities(genuine, edges),
-            _GENUINE_RGB,
-        ),
-        (
-            f"impostor ({report.impostor_pairs:,} pairs)",
-            _bin_probabilities(impostor, edges),
-            _IMPOSTOR_RGB,
-        ),
-    ]
-    highest = max(float(p.max()) for _, p, _ in series)
-    y_step = _nice_step(highest / _Y_TICK_COUNT)
-    y_top = y_step * math.ceil(highest / y_step)
-
-    def x_px(value: float) -> int:
-        return round(box[0] + (value + 1.0) / 2.0 * (box[2] - box[0]))
-
-    def y_px(value: float) -> int:
-        return round(box[3] - value / y_top * (box[3] - box[1]))
-
-    image = Image.new("RGBA", PNG_SIZE, "white")
-    for _, probabilities, rgb in series:
-        layer = Image.new("RGBA", PNG_SIZE, (0, 0, 0, 0))
-        bars = ImageDraw.Draw(layer)
-        for low, high, p in zip(edges[:-1], edges[1:], probabilities, strict=True):
-            if p > 0:
-                bars.rectangle(
-                    (x_px(low), y_px(p), x_px(high) - 1, box[3]), fill=(*rgb, _BAR_ALPHA)
-                )
-        image = Image.alpha_composite(image, layer)
-
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=_FONT_SIZE)
-    draw.rectangle(box, outline="black")
-    for tick in _X_TICKS:
-        x = x_px(tick)
-        draw.line((x, box[3], x, box[3] + 5), fill="black")
-        draw.text((x, box[3] + 8), f"{tick:g}", fill="black", font=font, anchor="mt")
-    decimals = max(0, -math.floor(math.log10(y_step)))
-    for i in range(round(y_top / y_step) + 1):
-        y = y_px(i * y_step)
-        draw.line((box[0] - 5, y, box[0], y), fill="black")
-        draw.text(
-            (box[0] - 8, y), f"{i * y_step:.{decimals}f}", fill="black", font=font, anchor="rm"
-        )
-    eer_x = x_px(min(max(report.eer_threshold, -1.0), 1.0))
-    draw.line((eer_x, box[1], eer_x, box[3]), fill=_EER_RGB, width=2)
-
-    legend = [(label, rgb) for label, _, rgb in series]
-    legend.append((f"EER threshold {report.eer_threshold:.3f}", _EER_RGB))
-    _draw_legend(draw, box, font, legend)
-
+    for name, scores, pairs, colour in (
+        ("genuine", genuine, report.genuine_pairs, _GENUINE_COLOUR),
+        ("impostor", impostor, report.impostor_pairs, _IMPOSTOR_COLOUR),
+    ):
+        axis.stairs(
+            _bin_probabilities(scores, edges), edges, fill=True, alpha=0.55, color=colour,
+            label=f"{name} ({pairs:,} pairs)",
+        )  # fmt: skip
+    threshold = min(max(report.eer_threshold, -1.0), 1.0)
+    axis.axvline(threshold, color=_EER_COLOUR, lw=2, label=f"EER threshold {threshold:.3f}")
     fdr = "n/a" if report.fdr is None else f"{report.fdr:.3g}"
-    title = f"Identity consistency: EER {report.eer:.2%}, FDR {fdr}"
-    draw.text((width / 2, top / 2), title, fill="black", font=font, anchor="mm")
-    draw.text(
-        ((box[0] + box[2]) / 2, height - 12),
-        "cosine similarity",
-        fill="black",
-        font=font,
-        anchor="mb",
-    )
-    _draw_y_label(image, box, font, "probability per bin")
-    return image.convert("RGB")
-
-
-def _draw_y_label(
-    image: Image.Image,
-    box: tuple[int, int, int, int],
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    text: str,
-) -> None:
-    """``text`` turned 90°, centred along the plot's left edge."""
-    y_label = Image.new("RGBA", (box[3] - box[1], _FONT_SIZE + 6), (0, 0, 0, 0))
-    ImageDraw.Draw(y_label).text(
-        (y_label.width / 2, y_label.height / 2), text, fill="black", font=font, anchor="mm"
-    )
-    image.alpha_composite(y_label.rotate(90, expand=True), (6, box[1]))
-
-
-def _draw_legend(
-    draw: ImageDraw.ImageDraw,
-    box: tuple[int, int, int, int],
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    legend: list[tuple[str, tuple[int, int, int]]],
-) -> None:
-    """A boxed legend in the plot's top-left corner: one colour swatch and label per row."""
-    row_height = _FONT_SIZE + 8
-    legend_width = 40 + max(round(draw.textlength(label, font=font)) for label, _ in legend)
-    draw.rectangle(
-        (box[0] + 4, box[1] + 4, box[0] + legend_width, box[1] + 10 + len(legend) * row_height),
-        fill="white",
-        outline="gray",
-    )
-    for row, (label, rgb) in enumerate(legend):
-        y = box[1] + 10 + row * row_height
-        draw.rectangle((box[0] + 10, y, box[0] + 24, y + _FONT_SIZE), fill=rgb)
-        draw.text((box[0] + 32, y), label, fill="black", font=font)
+    axis.set(xlim=(-1, 1), xlabel="cosine similarity", ylabel="probability per bin")
+    axis.set_title(f"Identity consistency: EER {report.eer:.2%}, FDR {fdr}")
+    axis.legend(loc="upper left")
+    return save_png(figure)
 
 
 def _bin_probabilities(scores: np.ndarray, edges: np.ndarray) -> np.ndarray:
     # Clipped so a cosine a rounding error past ±1 still lands in the end bin.
     counts, _ = np.histogram(np.clip(scores, -1.0, 1.0), bins=edges)
     return counts / counts.sum()
-
-
-def _nice_step(raw: float) -> float:
-    """The smallest 1, 2 or 5 × 10^k at or above `raw`: round numbers for the y ticks."""
-    power = 10.0 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)

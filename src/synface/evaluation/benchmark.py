@@ -31,13 +31,16 @@ PROGRESS_EVERY_BATCHES = 20
 
 @dataclass(frozen=True)
 class BenchmarkResult:
-    """One benchmark's figures as insightface reports them, plus the pack's size."""
+    """One benchmark's figures as insightface reports them, plus the pack's size and, per pair,
+    the squared distance and whether it is a genuine pair (for ROC curves)."""
 
     accuracy: float
     std: float
     threshold: float
     xnorm: float
     pairs: int
+    distances: tuple[float, ...]
+    issame: tuple[bool, ...]
 
 
 def decode_pack_images(
@@ -105,7 +108,16 @@ def evaluate_pack(
     )
     emb = embeddings.double().numpy()
     accuracy, std, threshold = kfold_accuracy(emb[0::2], emb[1::2], issame, nfolds=10)
-    return BenchmarkResult(accuracy, std, threshold, xnorm, len(issame))
+    distances = ((emb[0::2] - emb[1::2]) ** 2).sum(axis=1)
+    return BenchmarkResult(
+        accuracy,
+        std,
+        threshold,
+        xnorm,
+        len(issame),
+        tuple(round(float(d), 6) for d in distances),
+        tuple(bool(same) for same in issame),
+    )
 
 
 def evaluate_backbone(

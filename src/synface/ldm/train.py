@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from synface import __version__, checkpoint, runtime
 from synface.io.atomic import write_json
@@ -191,8 +191,9 @@ def _preview(
     scheduler_config: dict,
     cfg: LDMTrainConfig,
     device: torch.device,
-) -> None:
-    """A grid: one row per training context (its real face first), then unconditional samples."""
+) -> torch.Tensor:
+    """A grid: one row per training context (its real face first), then unconditional samples;
+    saved in the run folder and returned (for TensorBoard)."""
     rows, per_row = cfg.preview_contexts, cfg.preview_samples
     g = step_generator(cfg.seed, 0, PREVIEW_STREAM)
     indices = torch.randint(len(cache), (rows,), generator=g)
@@ -218,7 +219,9 @@ def _preview(
         if unconditional is not None:
             decoded.append(decoder(unconditional))
     grid = torch.cat(decoded).float().clamp(-1, 1) * 0.5 + 0.5
-    save_image(grid.cpu(), run_dir / PREVIEW.format(step=step), nrow=per_row + 1)
+    image = make_grid(grid.cpu(), nrow=per_row + 1)
+    save_image(image, run_dir / PREVIEW.format(step=step))
+    return image
 
 
 def _preview_decoder(first_stage: Path | None, dist_info: runtime.Distributed) -> nn.Module | None:
@@ -344,6 +347,10 @@ def _train_steps(
             _save_run_checkpoint(run_dir, step, training, cfg, inputs)
         if decoder is not None and (step % cfg.preview_every == 0 or step == cfg.steps):
             scheduler_config = dict(training.scheduler.config)
-            _preview(run_dir, step, training.ema, decoder, cache, scheduler_config, cfg, device)
+            grid = _preview(
+                run_dir, step, training.ema, decoder, cache, scheduler_config, cfg, device
+            )
+            if loss_log is not None:
+                loss_log.add_image("preview", grid, step)
     bar.close()
     return history
