@@ -26,8 +26,9 @@ rule plot_recognition_training:
         runtime=10,
     params:
         logs=get_recognition_training_logs(),
+        title="recognition training",
     shell:
-        "synface plot-curves {params.logs:q} --title 'recognition training' "
+        "synface plot-curves {params.logs:q} --title {params.title:q} "
         "--out {output:q} > {log:q} 2>&1"
 
 
@@ -60,8 +61,10 @@ rule plot_ldm_training:
         runtime=10,
     params:
         run_dir=rules.train_ldm.params.run_dir,
+        log=f"LDM={rules.train_ldm.params.run_dir}/loss.tsv",
+        title="LDM training",
     shell:
-        "(synface plot-curves --log LDM={params.run_dir:q}/loss.tsv --title 'LDM training' "
+        "(synface plot-curves --log {params.log:q} --title {params.title:q} "
         "--out {output.curves:q} && "
         "synface plot-previews --run-dir {params.run_dir:q} --out {output.previews:q}) "
         "> {log:q} 2>&1"
