@@ -78,7 +78,7 @@ def test_each_released_format_input_loads_through_synface_readers(tmp_path: Path
     FirstStageSpec(**spec).load(inputs["first_stage"])
     _, ldm_spec = load_ldm(inputs["ldm"])
     assert ldm_spec["latent_shape"] == [3, 32, 32]
-    assert generate_diffusers_faces(inputs["contexts"], 1, tmp_path / "faces", 112, 0, 1) == 1
+    assert generate_diffusers_faces(inputs["contexts"], range(1), tmp_path / "f", 112, 0, 1) == 1
 
 
 @pytest.mark.slow
