@@ -321,8 +321,8 @@ def imports_candidate_embeddings():
     return contexts["source"] == "database" and bool(contexts["embed_npy"])
 
 
-def candidate_ranges():
-    """The shards of the candidates (embedding rows): generated ones are numbered up front; a
+def candidate_ranges(per_shard):
+    """Shards of the candidates (embedding rows): generated ones are numbered up front; a
     database's are its faces, counted when the plan needs them."""
     from synface.io.manifest import database_faces
     from synface.shards import shard_ranges
@@ -333,15 +333,15 @@ def candidate_ranges():
         if generates_candidates()
         else len(database_faces(contexts["images"]))
     )
-    return shard_ranges(count, contexts["candidates_per_shard"])
+    return shard_ranges(count, per_shard)
 
 
-def get_candidate_shards():
+def get_candidate_shards(wildcards):
     if not generates_candidates():
         return []
     return [
         rules.make_context_candidates.output.shard.format(first=r.start, last=r.stop)
-        for r in candidate_ranges()
+        for r in candidate_ranges(config["contexts"]["candidates_per_shard"])
     ]
 
 
@@ -396,10 +396,10 @@ def get_candidate_embeddings():
     return rules.extract_embeddings.output.embeddings.format(faceset="candidates")
 
 
-def get_probe_shards():
+def get_probe_shards(wildcards):
     return [
         rules.probe_contexts.output.scores.format(first=r.start, last=r.stop)
-        for r in candidate_ranges()
+        for r in candidate_ranges(config["contexts"]["selection"]["candidates_per_shard"])
     ]
 
 

@@ -25,7 +25,7 @@ rule make_context_candidates:
 
 rule context_candidates:
     input:
-        shards=get_candidate_shards(),
+        shards=get_candidate_shards,
     output:
         **get_context_candidates_output(),
     log:
@@ -101,7 +101,7 @@ rule select_contexts:
     input:
         embeddings=get_candidate_embeddings(),
         manifest=rules.context_candidates.output.manifest,
-        probes=get_probe_shards(),
+        probes=get_probe_shards,
     output:
         contexts="results/contexts/selected/contexts.npy",
         faces="results/contexts/selected/faces.tsv",

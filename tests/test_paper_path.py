@@ -131,5 +131,6 @@ def test_the_released_admis_checkpoint_replaces_the_trained_ldm(
     assert jobs["select_contexts"] == 1 and jobs["synthesize"] == 3, jobs
     assert jobs["results_table"] == 1, jobs
     checkpoint = paper_config()["ldm"]["checkpoint"]
-    assert output.count(f"--ldm {checkpoint}") == 1 + 3  # select_contexts and every shard
+    probes = jobs["probe_contexts"]
+    assert output.count(f"--ldm {checkpoint}") == probes + 3  # every probe and synthesis shard
     assert "results/ldm/ema_averaged_model.ckpt" not in output
