@@ -68,9 +68,7 @@ def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
     return folder / "embeddings", manifest, probes
 
 
-def _select(
-    candidates: tuple[Path, Path, Path], out: Path, cfg: SelectionConfig
-) -> dict[str, int]:
+def _select(candidates: tuple[Path, Path, Path], out: Path, cfg: SelectionConfig) -> dict[str, int]:
     embeddings, manifest, probes = candidates
     return select_contexts(embeddings, manifest, [probes], out, cfg)
 
