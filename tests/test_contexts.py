@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from synface import contexts as contexts_module
 from synface.contexts import (
+    Selection,
     SelectionConfig,
     choose_contexts,
     database_manifest,
@@ -164,6 +166,58 @@ def test_selection_keeps_and_drops_constructed_candidates_as_computed_by_hand() 
         assert selection.kept == [0, 3, 4]
         assert selection.intra == pytest.approx({0: 0.6, 3: 0.8, 4: 0.6})
         assert selection.dropped == [(1, "inter 0.900 > 0.7"), (2, "intra 0.400 < 0.5")]
+
+
+def _walk_one_by_one(contexts: torch.Tensor, intra: list[float], cfg: SelectionConfig) -> Selection:
+    """The walk as first written, one candidate at a time: the reference for the blocked one."""
+    selection, pending = Selection(), []
+    kept, per_batch = selection.kept, max(1, cfg.batch_size // cfg.probe_samples)
+
+    def judge() -> None:
+        for i in pending:
+            if len(kept) >= cfg.identities:
+                break
+            if intra[i] < cfg.intra_threshold:
+                selection.dropped.append((i, f"intra {intra[i]:.3f} < {cfg.intra_threshold}"))
+            else:
+                kept.append(i)
+                selection.intra[i] = intra[i]
+        pending.clear()
+
+    for i in range(len(contexts)):
+        if len(kept) >= cfg.identities:
+            break
+        others = kept + pending
+        closest = float((contexts[others] @ contexts[i]).max()) if others else -np.inf
+        if closest > cfg.inter_threshold:
+            selection.dropped.append((i, f"inter {closest:.3f} > {cfg.inter_threshold}"))
+            continue
+        pending.append(i)
+        if len(pending) == per_batch or len(kept) + len(pending) >= cfg.identities:
+            judge()
+    if pending:
+        judge()
+    return selection
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 2048])
+def test_the_blocked_walk_selects_what_the_one_by_one_walk_selects(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """400 candidates in 40 clusters (near-copies fail the inter test), scores around the
+    threshold; blocks of any size, and awaiting candidates carried across blocks."""
+    monkeypatch.setattr(contexts_module, "WALK_BLOCK", block)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 64))
+    rows = centres[rng.integers(0, 40, 400)] + 0.6 * rng.normal(size=(400, 64))
+    table = torch.nn.functional.normalize(torch.from_numpy(rows).float(), dim=1)
+    intra = [float(x) for x in rng.uniform(0.3, 0.7, 400)]
+    for identities, batch_size in ((60, 12), (500, 3), (5, 100)):
+        cfg = _selection(identities=identities, intra_threshold=0.45, inter_threshold=0.5,
+                         batch_size=batch_size)  # fmt: skip
+        expected = _walk_one_by_one(table, intra, cfg)
+        assert choose_contexts(table, intra, cfg) == expected
+        assert expected.dropped and expected.kept  # both tests are at work
 
 
 def _tiny_diffusers_model(folder: Path, subfolder: str | None) -> None:
