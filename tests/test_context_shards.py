@@ -61,7 +61,9 @@ def test_an_interrupted_candidate_shard_resumes_and_a_rerun_remakes(tmp_path: Pa
     assert face.read_bytes() == b"kept" and not journal.exists()
     _candidates(out, [range(0, 4)])  # no journal: a fresh run makes every face anew
     assert face.read_bytes() == made
-    with pytest.raises(ValueError, match=r"4 items made with other settings \(seed differ"):
+    with pytest.raises(
+        ValueError, match=r"4 candidate faces made with other settings \(seed differ"
+    ):
         _candidates(out, [range(0, 4)], seed=2)
     assert face.read_bytes() == made
 

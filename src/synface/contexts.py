@@ -105,11 +105,9 @@ def _write_candidate_shard(
     shared folder against faces of other generator settings."""
     out_dir = Path(out_dir)
     marker = Path(done_marker or out_dir / "shards" / f"{indices.start}-{indices.stop}.tsv")
-    advice = (
-        "Restore the generator and contexts settings it was made with, or delete the folder "
-        "yourself to make every candidate anew"
-    )
-    claim_folder(out_dir, record, lambda: len(list(out_dir.glob("images/*/0.png"))), advice)
+    finished = lambda: len(list(out_dir.glob("images/*/0.png")))  # noqa: E731 (on a mismatch)
+    restore = "the generator and the contexts settings the candidates were made with"
+    claim_folder(out_dir, record, finished, "candidate faces", restore)
     journal = journal_of(marker)
     pending: Sequence[int] = indices
     if journal.exists():

@@ -40,14 +40,14 @@ def journal_of(done_marker: Path) -> Path:
 
 
 def claim_folder(
-    folder: Path, record: dict[str, Any], count_finished: Callable[[], int], advice: str
+    folder: Path, record: dict[str, Any], count_finished: Callable[[], int], what: str, restore: str
 ) -> None:
     """Write ``folder/settings.json`` or check that the one there equals ``record``.
 
     The shards of one run write equal records, so concurrent first writes are harmless. A
     record with no finished item beside it (``count_finished()``, called only then) is
     replaced: a failed start must not block its fix. Otherwise a different record stops the
-    job before it mixes items of two settings.
+    job before it mixes ``what`` (e.g. "identities") of two settings.
     """
     path = Path(folder) / SETTINGS_FILE
     if path.exists():
@@ -59,7 +59,9 @@ def claim_folder(
             keys = record.keys() | existing.keys()
             changed = sorted(k for k in keys if existing.get(k) != record.get(k))
             raise ValueError(
-                f"{folder} holds {finished} items made with other settings ({', '.join(changed)} "
-                f"differ from {path}); nothing was changed. {advice}"
+                f"{folder} holds {finished} {what} made with other settings "
+                f"({', '.join(changed)} differ from {path}); nothing was changed. To continue, "
+                f"restore {restore}. To start over with the new ones, delete {folder} yourself: "
+                f"that deletes its {finished} finished {what}"
             )
     write_json(path, record)
