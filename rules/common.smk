@@ -358,10 +358,8 @@ def get_context_candidates_command(wildcards, input, output):
         shards = " ".join(map(shlex.quote, input.shards))
         return f"join-manifests --out {shlex.quote(output.manifest)} {shards}"
     contexts = config["contexts"]
-    args = [
-        *("make-contexts --source database --images", contexts["images"]),
-        *("--out-dir", str(Path(output.manifest).parent)),
-    ]
+    args = ["make-contexts", "--source", "database", "--images", contexts["images"]]
+    args += ["--out-dir", str(Path(output.manifest).parent)]
     if imports_candidate_embeddings():
         args += ["--embed-npy", contexts["embed_npy"], "--names-pkl", contexts["names_pkl"]]
         args += ["--embeddings-out", str(Path(output.embeddings).parent)]

@@ -113,7 +113,7 @@ rule select_contexts:
         "logs/benchmarks/select_contexts/select_contexts.tsv"
     conda:
         "../envs/synface.yaml"
-    threads: 1
+    threads: config["synthesis"]["threads"]
     resources:
         mem_mb=8000,
         runtime=60,
@@ -124,4 +124,5 @@ rule select_contexts:
     shell:
         "synface select-contexts --candidates {params.candidates:q} "
         "--manifest {input.manifest:q} --probes {input.probes:q} "
-        "--out-dir {params.out_dir:q} --settings {params.settings:q} > {log:q} 2>&1"
+        "--out-dir {params.out_dir:q} --settings {params.settings:q} --threads {threads} "
+        "> {log:q} 2>&1"

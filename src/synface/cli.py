@@ -399,6 +399,7 @@ def add_select_contexts(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--probes", type=Path, nargs="+", required=True, help="probe-contexts outputs")
     sub.add_argument("--out-dir", type=Path, required=True)
     _settings_option(sub, "identities, probe_samples, intra_threshold, inter_threshold, batch_size")
+    _threads(sub)
 
 
 def add_set_manifest(sub: argparse.ArgumentParser) -> None:

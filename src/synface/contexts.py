@@ -10,6 +10,11 @@ Selection goes beyond ADMIS, whose figure shows this step but whose code has non
 a candidate is kept only if the LDM's probe samples for it agree with it (mean cosine
 ≥ τ_intra, with the embedding model) and it is far enough from every identity already kept
 (cosine ≤ τ_inter). What was dropped, and why, is written next to what was kept.
+
+Both halves scale like synthesis: candidate i is a function of (generator, seed, i), so shards
+of candidate indices are separate jobs whose union is the bytes one job would write; the probe
+scores are computed per shard of candidates (``synface.probes``), and ``select_contexts`` walks
+scores and embeddings alone, on the CPU.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from synface import runtime
 from synface.checkpoint import content_digest
 from synface.io.atomic import atomic_path, write_json, write_text
 from synface.io.embeddings import aligned_entries, read_embeddings
@@ -404,13 +410,15 @@ def select_contexts(
     probes: Sequence[Path],
     out_dir: Path,
     cfg: SelectionConfig,
+    threads: int = 1,
 ) -> dict[str, int]:
     """Keep up to ``cfg.identities`` candidates, in candidate order (``choose_contexts``), from
-    their embeddings and the probe shards' scores.
+    their embeddings and the probe shards' scores; ``threads`` for its matrix products.
 
     Writes ``contexts.npy`` (kept embeddings, row = synthetic identity), ``faces.tsv`` (their
     context faces, label = row), ``selected.tsv`` and ``dropped.tsv`` (with the reason).
     """
+    runtime.set_threads(threads)
     embeddings, names = read_embeddings(candidates_dir)
     entries = aligned_entries(candidates_dir, names, candidates_manifest)
     contexts = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
