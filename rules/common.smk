@@ -384,6 +384,11 @@ def get_make_context_candidates_args(wildcards, input, output):
     return f"--source ldm --ldm {shlex.quote(input.ldm)} --first-stage {first_stage} {common}"
 
 
+def get_candidates_folder(wildcards, output):
+    """The candidates' folder, above the folder of its shard manifests."""
+    return str(Path(output.shard).parent.parent)
+
+
 def get_make_context_candidates_runtime(wildcards):
     return gpu_runtime(shard_size(wildcards), config["contexts"]["seconds_per_candidate"])
 

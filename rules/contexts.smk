@@ -16,7 +16,7 @@ rule make_context_candidates:
         runtime=get_make_context_candidates_runtime,
     params:
         args=get_make_context_candidates_args,
-        out_dir=CANDIDATES,
+        out_dir=get_candidates_folder,
     shell:
         "synface make-contexts {params.args} --first {wildcards.first} --last {wildcards.last} "
         "--out-dir {params.out_dir:q} --done-marker {output.shard:q} --threads {threads} "
