@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -197,7 +198,7 @@ def get_faceset_manifest(wildcards):
         faces = config["ldm"]["identity_check"]["faces"]
         return rules.demo_world.output.heldout_manifest if faces == "demo" else faces
     if faceset == "candidates":
-        return rules.make_context_candidates.output.manifest
+        return rules.context_candidates.output.manifest
     if faceset.startswith("synthetic_"):
         return rules.synthetic_set_manifest.output.synthetic.format(
             set=faceset.removeprefix("synthetic_")
@@ -309,37 +310,87 @@ def get_uniform_identities():
     return max(sizes, default=0)
 
 
+CANDIDATES = "results/contexts/candidates"
+# Minutes a GPU job needs besides its items (start-up, loading the models, writing the rest):
+# its SLURM runtime is this plus its items times their config's seconds per item.
+JOB_START_MINUTES = 10
+
+
+def gpu_runtime(items, seconds_per_item):
+    """A GPU job's SLURM runtime in minutes, from its share of the work."""
+    return JOB_START_MINUTES + math.ceil(items * seconds_per_item / 60)
+
+
+def shard_size(wildcards):
+    return int(wildcards.last) - int(wildcards.first)
+
+
+def generates_candidates():
+    return config["contexts"]["source"] == "unconditional"
+
+
 def imports_candidate_embeddings():
     """A context database that ships ADMIS's embeddings: they are imported, not recomputed."""
     contexts = config["contexts"]
     return contexts["source"] == "database" and bool(contexts["embed_npy"])
 
 
-def get_make_context_candidates_output():
-    outputs = {"manifest": "results/contexts/candidates/manifest.tsv"}
+def candidate_ranges(per_shard):
+    """Shards of the candidates (embedding rows): generated ones are numbered up front; a
+    database's are its faces, counted when the plan needs them."""
+    from synface.io.manifest import database_faces
+    from synface.shards import shard_ranges
+
+    contexts = config["contexts"]
+    count = (
+        contexts["candidates"]
+        if generates_candidates()
+        else len(database_faces(contexts["images"]))
+    )
+    return shard_ranges(count, per_shard)
+
+
+def get_candidate_shards(wildcards):
+    if not generates_candidates():
+        return []
+    return [
+        rules.make_context_candidates.output.shard.format(first=r.start, last=r.stop)
+        for r in candidate_ranges(config["contexts"]["candidates_per_shard"])
+    ]
+
+
+def get_context_candidates_output():
+    outputs = {"manifest": f"{CANDIDATES}/manifest.tsv"}
     if imports_candidate_embeddings():
-        outputs["embeddings"] = "results/contexts/candidates/imported/embeddings.npy"
+        outputs["embeddings"] = f"{CANDIDATES}/imported/embeddings.npy"
     return outputs
 
 
+def get_context_candidates_command(wildcards, input, output):
+    """Join the generated shards' manifests, or list (and import) the context database."""
+    if generates_candidates():
+        return ["join-manifests", "--out", output.manifest, *input.shards]
+    contexts = config["contexts"]
+    args = ["make-contexts", "--source", "database", "--images", contexts["images"]]
+    args += ["--out-dir", str(Path(output.manifest).parent)]
+    if imports_candidate_embeddings():
+        args += ["--embed-npy", contexts["embed_npy"], "--names-pkl", contexts["names_pkl"]]
+        args += ["--embeddings-out", str(Path(output.embeddings).parent)]
+    return args
+
+
 def get_make_context_candidates_input(wildcards):
-    if config["contexts"]["source"] == "unconditional" and config["contexts"]["generator"] == "ldm":
+    if config["contexts"]["generator"] == "ldm":
         return {"ldm": get_ldm_checkpoint(), **get_first_stage_files(wildcards)}
     return {}
 
 
 def get_make_context_candidates_args(wildcards, input, output):
     contexts = config["contexts"]
-    if contexts["source"] == "database":
-        args = ["--source", "database", "--images", contexts["images"]]
-        if imports_candidate_embeddings():
-            args += ["--embed-npy", contexts["embed_npy"], "--names-pkl", contexts["names_pkl"]]
-            args += ["--embeddings-out", str(Path(output.embeddings).parent)]
-        return args
+    contexts = config["contexts"]
     common = [
-        *("--count", contexts["candidates"], "--seed", contexts["seed"]),
-        *("--steps", contexts["steps"], "--batch-size", contexts["batch_size"]),
-        *("--face-size", config["face_size"]),
+        *("--seed", contexts["seed"], "--steps", contexts["steps"]),
+        *("--batch-size", contexts["batch_size"], "--face-size", config["face_size"]),
     ]
     if contexts["generator"] == "diffusers":
         return ["--source", "diffusers", "--model-dir", contexts["model_dir"], *common]
@@ -347,14 +398,42 @@ def get_make_context_candidates_args(wildcards, input, output):
     return ["--source", "ldm", "--ldm", input.ldm, "--first-stage", first_stage, *common]
 
 
+def get_candidates_folder(wildcards, output):
+    """The candidates' folder, above the folder of its shard manifests."""
+    return str(Path(output.shard).parent.parent)
+
+
+def get_make_context_candidates_runtime(wildcards):
+    return gpu_runtime(shard_size(wildcards), config["contexts"]["seconds_per_candidate"])
+
+
 def get_candidate_embeddings():
     if imports_candidate_embeddings():
-        return rules.make_context_candidates.output.embeddings
+        return rules.context_candidates.output.embeddings
     return rules.extract_embeddings.output.embeddings.format(faceset="candidates")
 
 
+def get_probe_shards(wildcards):
+    return [
+        rules.probe_contexts.output.scores.format(first=r.start, last=r.stop)
+        for r in candidate_ranges(config["contexts"]["selection"]["candidates_per_shard"])
+    ]
+
+
+def get_probe_contexts_params():
+    keys = ("probe_samples", "steps", "seed", "batch_size")
+    return settings({key: config["contexts"]["selection"][key] for key in keys})
+
+
+def get_probe_contexts_runtime(wildcards):
+    probes = shard_size(wildcards) * config["contexts"]["selection"]["probe_samples"]
+    return gpu_runtime(probes, config["contexts"]["seconds_per_probe"])
+
+
 def get_select_contexts_params():
-    return settings({"identities": get_selected_identities(), **config["contexts"]["selection"]})
+    keys = ("probe_samples", "intra_threshold", "inter_threshold", "batch_size")
+    selection = {key: config["contexts"]["selection"][key] for key in keys}
+    return settings({"identities": get_selected_identities(), **selection})
 
 
 def pool_of(name):
@@ -415,6 +494,11 @@ def get_set_shards(wildcards):
         for r in pool_shards(pool)
         if r.start < identities
     ]
+
+
+def get_synthesize_runtime(wildcards):
+    images = shard_size(wildcards) * POOLS[wildcards.pool]["images_per_identity"]
+    return gpu_runtime(images, config["synthesis"]["seconds_per_image"])
 
 
 def get_synthesis_params():

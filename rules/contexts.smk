@@ -2,24 +2,46 @@ rule make_context_candidates:
     input:
         unpack(get_make_context_candidates_input),
     output:
-        **get_make_context_candidates_output(),
+        shard="results/contexts/candidates/shards/{first}-{last}.tsv",
     log:
-        "logs/make_context_candidates/make_context_candidates.log",
+        "logs/make_context_candidates/{first}-{last}.log",
     benchmark:
-        "logs/benchmarks/make_context_candidates/make_context_candidates.tsv"
+        "logs/benchmarks/make_context_candidates/{first}-{last}.tsv"
     conda:
         "../envs/synface.yaml"
     threads: config["synthesis"]["threads"]
     resources:
         gpu=min(config["synthesis"]["gpus"], 1),
         mem_mb=8000,
-        runtime=240,
+        runtime=get_make_context_candidates_runtime,
     params:
         args=get_make_context_candidates_args,
-        out_dir=output_folder("manifest"),
+        out_dir=get_candidates_folder,
     shell:
-        "synface make-contexts {params.args:q} --out-dir {params.out_dir:q} "
+        "synface make-contexts {params.args:q} --first {wildcards.first:q} "
+        "--last {wildcards.last:q} --out-dir {params.out_dir:q} --done-marker {output.shard:q} "
         "--threads {threads:q} > {log:q} 2>&1"
+
+
+rule context_candidates:
+    input:
+        shards=get_candidate_shards,
+    output:
+        **get_context_candidates_output(),
+    log:
+        "logs/context_candidates/context_candidates.log",
+    benchmark:
+        "logs/benchmarks/context_candidates/context_candidates.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        command=get_context_candidates_command,
+    shell:
+        "synface {params.command:q} > {log:q} 2>&1"
 
 
 rule uniform_contexts:
@@ -44,13 +66,42 @@ rule uniform_contexts:
         "--seed {params.seed:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
-rule select_contexts:
+rule probe_contexts:
     input:
         unpack(get_first_stage_files),
         **get_embedding_files(),
         embeddings=get_candidate_embeddings(),
-        manifest=rules.make_context_candidates.output.manifest,
         ldm=get_ldm_checkpoint(),
+    output:
+        scores="results/contexts/probes/{first}-{last}.tsv",
+    log:
+        "logs/probe_contexts/{first}-{last}.log",
+    benchmark:
+        "logs/benchmarks/probe_contexts/{first}-{last}.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: config["synthesis"]["threads"]
+    resources:
+        gpu=min(config["synthesis"]["gpus"], 1),
+        mem_mb=8000,
+        runtime=get_probe_contexts_runtime,
+    params:
+        candidates=input_folder("embeddings"),
+        first_stage=input_folder("spec"),
+        settings=get_probe_contexts_params(),
+    shell:
+        "synface probe-contexts --candidates {params.candidates:q} "
+        "--first {wildcards.first} --last {wildcards.last} --ldm {input.ldm:q} "
+        "--first-stage {params.first_stage:q} --embedding-weights {input.weights:q} "
+        "--out {output.scores:q} --settings {params.settings:q} --threads {threads} "
+        "> {log:q} 2>&1"
+
+
+rule select_contexts:
+    input:
+        embeddings=get_candidate_embeddings(),
+        manifest=rules.context_candidates.output.manifest,
+        probes=get_probe_shards,
     output:
         contexts="results/contexts/selected/contexts.npy",
         faces="results/contexts/selected/faces.tsv",
@@ -64,16 +115,14 @@ rule select_contexts:
         "../envs/synface.yaml"
     threads: config["synthesis"]["threads"]
     resources:
-        gpu=min(config["synthesis"]["gpus"], 1),
         mem_mb=8000,
-        runtime=600,
+        runtime=60,
     params:
         candidates=input_folder("embeddings"),
-        first_stage=input_folder("spec"),
         settings=get_select_contexts_params(),
         out_dir=output_folder("contexts"),
     shell:
-        "synface select-contexts --candidates {params.candidates:q} --manifest {input.manifest:q} "
-        "--ldm {input.ldm:q} --first-stage {params.first_stage:q} "
-        "--embedding-weights {input.weights:q} --out-dir {params.out_dir:q} "
-        "--settings {params.settings:q} --threads {threads:q} > {log:q} 2>&1"
+        "synface select-contexts --candidates {params.candidates:q} "
+        "--manifest {input.manifest:q} --probes {input.probes:q} "
+        "--out-dir {params.out_dir:q} --settings {params.settings:q} --threads {threads:q} "
+        "> {log:q} 2>&1"

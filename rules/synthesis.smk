@@ -15,7 +15,7 @@ rule synthesize:
     resources:
         gpu=min(config["synthesis"]["gpus"], 1),
         mem_mb=8000,
-        runtime=720,
+        runtime=get_synthesize_runtime,
     params:
         first_stage=input_folder("spec"),
         images_per_identity=lambda wildcards: POOLS[wildcards.pool]["images_per_identity"],

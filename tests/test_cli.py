@@ -63,7 +63,7 @@ def test_the_first_stage_is_one_folder_everywhere() -> None:
     }
     assert set(options) == {name for name, *_ in COMMANDS}
     takes_first_stage = {name for name, flags in options.items() if "--first-stage" in flags}
-    assert takes_first_stage >= {"encode-latents", "synthesize", "select-contexts"}
+    assert takes_first_stage >= {"encode-latents", "synthesize", "probe-contexts"}
     assert not any("--first-stage-spec" in flags for flags in options.values())
 
 

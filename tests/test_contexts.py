@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from synface import contexts as contexts_module
 from synface.contexts import (
+    Selection,
     SelectionConfig,
     choose_contexts,
     database_manifest,
@@ -23,13 +25,14 @@ from synface.io.manifest import read_manifest
 from synface.ldm.faces import embed_faces
 from synface.models.spec import load_backbone
 from synface.oversample import write_set_manifests
+from synface.probes import ProbeSettings, probe_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "demo_weights"
 
 
 def _selection(**values: object) -> SelectionConfig:
-    return SelectionConfig.from_settings({"steps": 5, "probe_samples": 2, **values})
+    return SelectionConfig.from_settings({"probe_samples": 2, **values})
 
 
 def test_uniform_contexts_are_seeded_unit_vectors() -> None:
@@ -41,14 +44,15 @@ def test_uniform_contexts_are_seeded_unit_vectors() -> None:
 
 
 @pytest.fixture(scope="module")
-def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Six unconditional faces from the shipped LDM, embedded with the shipped embedding model."""
+def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Six unconditional faces from the shipped LDM, embedded with the shipped embedding model,
+    and their probe scores (two samples each)."""
     folder = tmp_path_factory.mktemp("candidates")
-    generate_ldm_faces(
-        WEIGHTS / "ldm" / "ema_averaged_model.ckpt", WEIGHTS / "first_stage", 6,
-        folder / "faces", face_size=32, seed=1, steps=5, batch_size=4,
-    )  # fmt: skip
     manifest = folder / "faces" / "manifest.tsv"
+    generate_ldm_faces(
+        WEIGHTS / "ldm" / "ema_averaged_model.ckpt", WEIGHTS / "first_stage", range(6),
+        folder / "faces", face_size=32, seed=1, steps=5, batch_size=4, done_marker=manifest,
+    )  # fmt: skip
     embedder, size = load_backbone(WEIGHTS / "embedding" / "backbone.pth")
     from torchvision.io import read_image
 
@@ -57,19 +61,22 @@ def candidates(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     embeddings = embed_faces(embedder, images, size).numpy()
     names = [entry.path.relative_to(manifest.parent).as_posix() for entry in entries]
     write_embeddings(folder / "embeddings", embeddings, names)
-    return folder / "embeddings", manifest
-
-
-def _select(candidates: tuple[Path, Path], out: Path, cfg: SelectionConfig) -> dict[str, int]:
-    embeddings, manifest = candidates
-    return select_contexts(
-        embeddings, manifest, WEIGHTS / "ldm" / "ema_averaged_model.ckpt",
-        WEIGHTS / "first_stage", WEIGHTS / "embedding" / "backbone.pth", out, cfg,
+    probes = folder / "probes.tsv"
+    probe_shard(
+        folder / "embeddings", WEIGHTS / "ldm" / "ema_averaged_model.ckpt",
+        WEIGHTS / "first_stage", WEIGHTS / "embedding" / "backbone.pth", range(6), probes,
+        ProbeSettings.from_settings({"steps": 5, "probe_samples": 2}),
     )  # fmt: skip
+    return folder / "embeddings", manifest, probes
+
+
+def _select(candidates: tuple[Path, Path, Path], out: Path, cfg: SelectionConfig) -> dict[str, int]:
+    embeddings, manifest, probes = candidates
+    return select_contexts(embeddings, manifest, [probes], out, cfg)
 
 
 def test_selection_keeps_candidates_in_order_and_writes_their_faces(
-    candidates: tuple[Path, Path], tmp_path: Path
+    candidates: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     cfg = _selection(identities=3, intra_threshold=-1.0, inter_threshold=1.0)
     summary = _select(candidates, tmp_path, cfg)
@@ -83,7 +90,7 @@ def test_selection_keeps_candidates_in_order_and_writes_their_faces(
 
 
 def test_selection_drops_inconsistent_and_duplicate_identities_with_reasons(
-    candidates: tuple[Path, Path], tmp_path: Path
+    candidates: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     strict_intra = _selection(identities=1, intra_threshold=1.01)
     with pytest.raises(ValueError, match=r"dropped\.tsv"):
@@ -145,33 +152,72 @@ def test_selection_keeps_and_drops_constructed_candidates_as_computed_by_hand() 
     """Six candidates whose probe cosines are chosen, thresholds intra 0.5 and inter 0.7:
     0 kept (probe cosines 0.6, 0.6), 1 dropped as a near-copy of 0 (cosine 0.9), 2 dropped
     (0.1 and 0.7: mean 0.4, though its best probe passes), 3 kept (0.8, 0.8), 4 kept (0.3 and
-    0.9: mean 0.6, though its worst probe fails); three identities wanted, so 5 is never seen."""
+    0.9: mean 0.6, though its worst probe fails); three identities wanted, so 5 is never seen.
+    The scores are the probes' mean cosines."""
     contexts = torch.stack(
         [_unit((0, 1)), _unit((0, 0.9), (1, 0.19**0.5)), _unit((2, 1)), _unit((3, 1)),
          _unit((4, 1)), _unit((5, 1))]
     )  # fmt: skip
-    probe_cosines = {0: [0.6, 0.6], 2: [0.1, 0.7], 3: [0.8, 0.8], 4: [0.3, 0.9]}
-    away = _unit((7, 1))  # orthogonal to every context
-    asked: list[int] = []
-
-    def probe(candidates: list[int]) -> torch.Tensor:
-        """Probe embeddings at the chosen cosine to their own context only."""
-        asked.extend(candidates)
-        rows = [
-            [c * contexts[i] + (1 - c * c) ** 0.5 * away for c in probe_cosines[i]]
-            for i in candidates
-        ]
-        return torch.stack([torch.stack(row) for row in rows])
-
+    intra = [0.6, None, 0.4, 0.8, 0.6, None]  # None: never judged (the walk never reads it)
     for batch_size in (4, 100):
-        asked.clear()
         cfg = _selection(identities=3, intra_threshold=0.5, inter_threshold=0.7,
                          batch_size=batch_size)  # fmt: skip
-        selection = choose_contexts(contexts, probe, cfg)
+        selection = choose_contexts(contexts, intra, cfg)  # type: ignore[arg-type]
         assert selection.kept == [0, 3, 4]
         assert selection.intra == pytest.approx({0: 0.6, 3: 0.8, 4: 0.6})
         assert selection.dropped == [(1, "inter 0.900 > 0.7"), (2, "intra 0.400 < 0.5")]
-        assert sorted(asked) == [0, 2, 3, 4]  # no probe is sampled for a near-copy
+
+
+def _walk_one_by_one(contexts: torch.Tensor, intra: list[float], cfg: SelectionConfig) -> Selection:
+    """The walk as first written, one candidate at a time: the reference for the blocked one."""
+    selection, pending = Selection(), []
+    kept, per_batch = selection.kept, max(1, cfg.batch_size // cfg.probe_samples)
+
+    def judge() -> None:
+        for i in pending:
+            if len(kept) >= cfg.identities:
+                break
+            if intra[i] < cfg.intra_threshold:
+                selection.dropped.append((i, f"intra {intra[i]:.3f} < {cfg.intra_threshold}"))
+            else:
+                kept.append(i)
+                selection.intra[i] = intra[i]
+        pending.clear()
+
+    for i in range(len(contexts)):
+        if len(kept) >= cfg.identities:
+            break
+        others = kept + pending
+        closest = float((contexts[others] @ contexts[i]).max()) if others else -np.inf
+        if closest > cfg.inter_threshold:
+            selection.dropped.append((i, f"inter {closest:.3f} > {cfg.inter_threshold}"))
+            continue
+        pending.append(i)
+        if len(pending) == per_batch or len(kept) + len(pending) >= cfg.identities:
+            judge()
+    if pending:
+        judge()
+    return selection
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 2048])
+def test_the_blocked_walk_selects_what_the_one_by_one_walk_selects(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """400 candidates in 40 clusters (near-copies fail the inter test), scores around the
+    threshold; blocks of any size, and awaiting candidates carried across blocks."""
+    monkeypatch.setattr(contexts_module, "WALK_BLOCK", block)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 64))
+    rows = centres[rng.integers(0, 40, 400)] + 0.6 * rng.normal(size=(400, 64))
+    table = torch.nn.functional.normalize(torch.from_numpy(rows).float(), dim=1)
+    intra = [float(x) for x in rng.uniform(0.3, 0.7, 400)]
+    for identities, batch_size in ((60, 12), (500, 3), (5, 100)):
+        cfg = _selection(identities=identities, intra_threshold=0.45, inter_threshold=0.5,
+                         batch_size=batch_size)  # fmt: skip
+        expected = _walk_one_by_one(table, intra, cfg)
+        assert choose_contexts(table, intra, cfg) == expected
+        assert expected.dropped and expected.kept  # both tests are at work
 
 
 def _tiny_diffusers_model(folder: Path, subfolder: str | None) -> None:
@@ -207,9 +253,9 @@ def test_diffusers_faces_come_from_a_save_pretrained_folder(tmp_path: Path) -> N
     from PIL import Image
 
     _tiny_diffusers_model(tmp_path / "model", "unet")
-    count = generate_diffusers_faces(tmp_path / "model", 3, tmp_path / "a", 8, seed=2, steps=3,
-                                     batch_size=2)  # fmt: skip
-    entries = read_manifest(tmp_path / "a" / "manifest.tsv")
+    count = generate_diffusers_faces(tmp_path / "model", range(3), tmp_path / "a", 8, seed=2,
+                                     steps=3, batch_size=2)  # fmt: skip
+    entries = read_manifest(tmp_path / "a" / "shards" / "0-3.tsv")
     assert count == 3 and [e.label for e in entries] == [0, 1, 2]
     faces = [np.asarray(Image.open(e.path)).astype(int) for e in entries]
     assert all(face.shape == (8, 8, 3) for face in faces)
@@ -217,12 +263,13 @@ def test_diffusers_faces_come_from_a_save_pretrained_folder(tmp_path: Path) -> N
         assert np.abs(face - _by_hand(tmp_path / "model", 2, label, 3)).max() <= 1
     # Face i depends on (seed, i) only, not on the batch; the model may sit at the top.
     _tiny_diffusers_model(tmp_path / "top", None)
-    generate_diffusers_faces(tmp_path / "top", 3, tmp_path / "b", 8, seed=2, steps=3, batch_size=3)
+    generate_diffusers_faces(tmp_path / "top", range(3), tmp_path / "b", 8, seed=2, steps=3,
+                             batch_size=3)  # fmt: skip
     assert [e.path.read_bytes() for e in entries] == [
-        e.path.read_bytes() for e in read_manifest(tmp_path / "b" / "manifest.tsv")
+        e.path.read_bytes() for e in read_manifest(tmp_path / "b" / "shards" / "0-3.tsv")
     ]
     with pytest.raises(ValueError, match="not a diffusers unconditional UNet folder"):
-        generate_diffusers_faces(tmp_path / "a", 1, tmp_path / "c", 8, seed=2, steps=1)
+        generate_diffusers_faces(tmp_path / "a", range(1), tmp_path / "c", 8, seed=2, steps=1)
 
 
 def test_admis_embeddings_are_reordered_to_the_database(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_each_released_format_input_loads_through_synface_readers(tmp_path: Path
     FirstStageSpec(**spec).load(inputs["first_stage"])
     _, ldm_spec = load_ldm(inputs["ldm"])
     assert ldm_spec["latent_shape"] == [3, 32, 32]
-    assert generate_diffusers_faces(inputs["contexts"], 1, tmp_path / "faces", 112, 0, 1) == 1
+    assert generate_diffusers_faces(inputs["contexts"], range(1), tmp_path / "f", 112, 0, 1) == 1
 
 
 @pytest.mark.slow
@@ -130,5 +130,6 @@ def test_the_released_admis_checkpoint_replaces_the_trained_ldm(
     assert jobs["select_contexts"] == 1 and jobs["synthesize"] == 3, jobs
     assert jobs["results_table"] == 1, jobs
     checkpoint = paper_config()["ldm"]["checkpoint"]
-    assert output.count(f"--ldm {checkpoint}") == 1 + 3  # select_contexts and every shard
+    probes = jobs["probe_contexts"]
+    assert output.count(f"--ldm {checkpoint}") == probes + 3  # every probe and synthesis shard
     assert "results/ldm/ema_averaged_model.ckpt" not in output

@@ -194,7 +194,21 @@ def run_make_contexts(args: argparse.Namespace) -> None:
         "ldm": contexts.generate_ldm_faces,
         "diffusers": contexts.generate_diffusers_faces,
     }
-    _call(make[args.source], args)
+    last = args.count if args.last is None else args.last
+    _call(make[args.source], args, indices=range(args.first, last))
+
+
+def run_join_manifests(args: argparse.Namespace) -> None:
+    from synface.io.manifest import join_manifests
+
+    _call(join_manifests, args)
+
+
+def run_probe_contexts(args: argparse.Namespace) -> None:
+    from synface.probes import ProbeSettings, probe_shard
+
+    settings = _stage_settings(args, ProbeSettings.from_settings)
+    _call(probe_shard, args, rows=range(args.first, args.last), settings=settings)
 
 
 def run_select_contexts(args: argparse.Namespace) -> None:
@@ -457,6 +471,9 @@ def add_make_contexts(sub: argparse.ArgumentParser) -> None:
     help = "contexts.npy (uniform) or images/ and manifest.tsv"
     sub.add_argument("--out-dir", type=Path, required=True, help=help)
     sub.add_argument("--count", type=int, default=0, help="contexts or faces to make")
+    sub.add_argument("--first", type=int, default=0, help="ldm, diffusers: the shard's first face")
+    sub.add_argument("--last", type=int, help="ldm, diffusers: one past its last (--count)")
+    _path(sub, "--done-marker", "done_marker", "ldm, diffusers: the shard's manifest", False)
     sub.add_argument("--dim", type=int, default=512, help="uniform: embedding width")
     sub.add_argument("--seed", type=int, default=0, help="face i starts from noise (seed, i)")
     sub.add_argument("--face-size", type=int, default=112, help="saved face size in pixels")
@@ -472,16 +489,34 @@ def add_make_contexts(sub: argparse.ArgumentParser) -> None:
     _threads(sub)
 
 
-def add_select_contexts(sub: argparse.ArgumentParser) -> None:
+def add_join_manifests(sub: argparse.ArgumentParser) -> None:
+    _path(sub, "--out", "out_manifest", "the joined manifest")
+    sub.add_argument("manifests", type=Path, nargs="+", help="manifests to join, in order")
+
+
+def add_probe_contexts(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--candidates", "candidates_dir", "candidate embeddings")
-    _path(sub, "--manifest", "candidates_manifest", "candidate faces")
+    sub.add_argument("--first", type=int, required=True, help="first candidate (embedding row)")
+    sub.add_argument("--last", type=int, required=True, help="one past the last candidate")
     _ldm(sub)
     _first_stage(sub)
     help = "embedding backbone (+ .json) that embeds the probe faces"
     sub.add_argument("--embedding-weights", type=Path, required=True, help=help)
+    sub.add_argument("--out", type=Path, required=True, help="the shard's scores (.tsv)")
+    leaves = ("intra_threshold", "inter_threshold", "candidates_per_shard")
+    _settings_option(sub, "contexts.selection", leaves=leaves)
+    _threads(sub)
+
+
+def add_select_contexts(sub: argparse.ArgumentParser) -> None:
+    _path(sub, "--candidates", "candidates_dir", "candidate embeddings")
+    _path(sub, "--manifest", "candidates_manifest", "candidate faces")
+    help = "the probe-contexts score files, one per shard"
+    sub.add_argument("--probes", type=Path, nargs="+", required=True, help=help)
     help = "contexts.npy, faces.tsv, selected.tsv, dropped.tsv"
     sub.add_argument("--out-dir", type=Path, required=True, help=help)
-    _settings_option(sub, "contexts.selection", "identities (how many contexts to keep)")
+    leaves = ("steps", "seed", "candidates_per_shard")
+    _settings_option(sub, "contexts.selection", "identities (how many contexts to keep)", leaves)
     _threads(sub)
 
 
@@ -617,6 +652,18 @@ COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
         run_make_contexts,
         add_make_contexts,
         "context candidates of synthetic people",
+    ),
+    (
+        "join-manifests",
+        run_join_manifests,
+        add_join_manifests,
+        "one manifest from the manifests of a set's shards",
+    ),
+    (
+        "probe-contexts",
+        run_probe_contexts,
+        add_probe_contexts,
+        "score one shard of context candidates with LDM probe samples",
     ),
     (
         "select-contexts",

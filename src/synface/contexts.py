@@ -10,28 +10,40 @@ Selection goes beyond ADMIS, whose figure shows this step but whose code has non
 a candidate is kept only if the LDM's probe samples for it agree with it (mean cosine
 ≥ τ_intra, with the embedding model) and it is far enough from every identity already kept
 (cosine ≤ τ_inter). What was dropped, and why, is written next to what was kept.
+
+Both halves scale like synthesis: candidate i is a function of (generator, seed, i), so shards
+of candidate indices are separate jobs whose union is the bytes one job would write; the probe
+scores are computed per shard of candidates (``synface.probes``), and ``select_contexts`` walks
+scores and embeddings alone, on the CPU.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from synface import runtime
+from synface.checkpoint import content_digest
 from synface.io.atomic import atomic_path, write_json, write_text
 from synface.io.embeddings import aligned_entries, read_embeddings
 from synface.io.images import to_uint8
-from synface.io.manifest import ManifestEntry, read_manifest, write_manifest
-from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces, stage_device
+from synface.io.manifest import ManifestEntry, database_faces, read_manifest, write_manifest
+from synface.ldm.faces import FaceGenerator, resize_faces, stage_device
+from synface.ldm.first_stage import FIRST_STAGE_JSON
 from synface.ldm.sampling import image_noise, sample_latents
+from synface.models.vq_f4 import DECODER_FILE
 from synface.progress import progress
 from synface.settings import StageSettings
+from synface.shards import claim_folder, journal_of
+from synface.synthesis import pad_jobs
 
 log = logging.getLogger(__name__)
 
@@ -51,48 +63,114 @@ def write_uniform_contexts(out_dir: Path, count: int, dim: int, seed: int) -> No
         np.save(f, uniform_contexts(count, dim, seed))
 
 
+def candidate_face(out_dir: Path, index: int) -> Path:
+    """Where candidate ``index`` is written: ``images/<index:05d>/0.png``."""
+    return Path(out_dir) / "images" / f"{index:05d}" / "0.png"
+
+
+def grid_batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``indices`` grouped by ``i // batch_size``: the batches one job over every item would
+    make, whichever shard or resumed run holds them."""
+    batches: dict[int, list[int]] = {}
+    for i in indices:
+        batches.setdefault(i // batch_size, []).append(i)
+    return list(batches.values())
+
+
 def _write_candidate_faces(
-    make_faces: Callable[[range], torch.Tensor],
-    count: int,
+    make_faces: Callable[[list[tuple[int, int]]], torch.Tensor],
+    indices: Sequence[int],
     out_dir: Path,
     face_size: int,
     batch_size: int,
-) -> int:
-    """``images/<i>/0.png`` for i < ``count`` from ``make_faces(labels)`` (uint8 faces) and
-    ``manifest.tsv`` (one identity per face)."""
-    entries = []
-    bar = progress(count, "make-contexts", batch_size, unit="faces")
-    for first in range(0, count, batch_size):
-        labels = range(first, min(first + batch_size, count))
-        for label, image in zip(labels, resize_faces(make_faces(labels), face_size), strict=True):
-            path = Path(out_dir) / "images" / f"{label:05d}" / "0.png"
-            with atomic_path(path) as tmp:
+) -> None:
+    """``images/<i>/0.png`` for each candidate i of ``indices`` from ``make_faces(jobs)``
+    (uint8 faces, one per ``(i, 0)`` job), each written atomically. Batches are padded to
+    ``MIN_ROWS`` (as synthesis pads them), so a face's bytes do not depend on the shard."""
+    bar = progress(len(indices), "make-contexts", batch_size, unit="faces")
+    for labels in grid_batches(indices, batch_size):
+        faces = make_faces(pad_jobs([(i, 0) for i in labels]))[: len(labels)]
+        for label, image in zip(labels, resize_faces(faces, face_size), strict=True):
+            with atomic_path(candidate_face(out_dir, label)) as tmp:
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-            entries.append(ManifestEntry(path, label))
         bar.update(len(labels))
     bar.close()
-    return write_manifest(Path(out_dir) / "manifest.tsv", entries)
+
+
+def _write_candidate_shard(
+    make_faces: Callable[[list[tuple[int, int]]], torch.Tensor],
+    indices: range,
+    out_dir: Path,
+    face_size: int,
+    batch_size: int,
+    record: dict[str, Any],
+    done_marker: Path | None,
+) -> int:
+    """Candidates ``indices`` of a shard, then its manifest (``done_marker``, default
+    ``out_dir/shards/<start>-<stop>.tsv``: one identity per face), written last.
+
+    Resumes like a synthesis shard: with its journal present (an interrupted run) the faces
+    already there are kept; without it every face is made anew. ``settings.json`` guards the
+    shared folder against faces of other generator settings."""
+    out_dir = Path(out_dir)
+    marker = Path(done_marker or out_dir / "shards" / f"{indices.start}-{indices.stop}.tsv")
+    finished = lambda: len(list(out_dir.glob("images/*/0.png")))  # noqa: E731 (on a mismatch)
+    restore = "the generator and the contexts settings the candidates were made with"
+    claim_folder(out_dir, record, finished, "candidate faces", restore)
+    journal = journal_of(marker)
+    pending: Sequence[int] = indices
+    if journal.exists():
+        pending = [i for i in indices if not candidate_face(out_dir, i).exists()]
+        log.info(
+            "resuming: %d of %d candidates were done", len(indices) - len(pending), len(indices)
+        )
+    else:
+        write_json(journal, {"first": indices.start, "stop": indices.stop})
+    _write_candidate_faces(make_faces, pending, out_dir, face_size, batch_size)
+    count = write_manifest(marker, [ManifestEntry(candidate_face(out_dir, i), i) for i in indices])
+    journal.unlink()
+    return count
+
+
+def ldm_files(ldm_checkpoint: Path, first_stage: Path) -> list[Path]:
+    """The files an LDM's faces depend on: its checkpoint, the first stage's decoder and spec."""
+    return [
+        Path(ldm_checkpoint),
+        Path(first_stage) / DECODER_FILE,
+        Path(first_stage) / FIRST_STAGE_JSON,
+    ]
+
+
+def _generator_record(source: str, model: list[Path], **settings: Any) -> dict[str, Any]:
+    """What candidate faces are made from, by content: equal records give equal faces."""
+    return {"source": source, "model_sha256": content_digest(model), **settings}
 
 
 def generate_ldm_faces(
     ldm_checkpoint: Path,
     first_stage: Path,
-    count: int,
+    indices: range,
     out_dir: Path,
     face_size: int,
     seed: int,
     steps: int = 50,
     batch_size: int = 100,
     threads: int = 1,
+    done_marker: Path | None = None,
 ) -> int:
     """Context faces from the LDM's unconditional mode (learnt with whole-context dropout);
     face i starts from ``image_noise(seed, i, 0)``."""
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
+    record = _generator_record(
+        "ldm", ldm_files(ldm_checkpoint, first_stage), seed=seed, steps=steps, face_size=face_size
+    )
 
-    def make_faces(labels: range) -> torch.Tensor:
-        return generator.faces(None, [(i, 0) for i in labels], seed, steps)
+    def make_faces(jobs: list[tuple[int, int]]) -> torch.Tensor:
+        return generator.faces(None, jobs, seed, steps)
 
-    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size)
+    return _write_candidate_shard(
+        make_faces, indices, out_dir, face_size, batch_size, record, done_marker
+    )
 
 
 class _DiffusersUNet(nn.Module):
@@ -106,23 +184,10 @@ class _DiffusersUNet(nn.Module):
         return self.unet(x, t).sample
 
 
-def generate_diffusers_faces(
-    model_dir: Path,
-    count: int,
-    out_dir: Path,
-    face_size: int,
-    seed: int,
-    steps: int = 50,
-    batch_size: int = 16,
-    threads: int = 1,
-) -> int:
-    """Context faces from a diffusers unconditional UNet checkpoint folder (``unet/`` or the
-    model at the top, with its ``scheduler/``), e.g. an FFHQ DDPM, sampled with DDIM by the
-    loop the LDM uses; face i starts from ``image_noise(seed, i, 0)``."""
+def _load_diffusers(model_dir: Path, device: torch.device) -> tuple[nn.Module, Any]:
+    """The UNet (on ``device``) and DDIM scheduler of a diffusers unconditional UNet folder."""
     from diffusers import DDIMScheduler, UNet2DModel
 
-    device = stage_device(threads)
-    model_dir = Path(model_dir)
     if not model_dir.is_dir():
         # Checked before diffusers sees it: it takes a missing path for a hub repository id.
         raise FileNotFoundError(
@@ -134,28 +199,49 @@ def generate_diffusers_faces(
     offline = {"local_files_only": True}  # a local folder only: never the network
     try:
         unet = UNet2DModel.from_pretrained(model_dir, subfolder=subfolder, **offline)
-        unet = unet.to(device).eval()
         scheduler = DDIMScheduler.from_pretrained(model_dir, subfolder="scheduler", **offline)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{model_dir}: not a diffusers unconditional UNet folder (expected unet/ or a "
             f"config.json + weights, and scheduler/): {error}"
         ) from None
+    return unet.to(device).eval(), scheduler
+
+
+def generate_diffusers_faces(
+    model_dir: Path,
+    indices: range,
+    out_dir: Path,
+    face_size: int,
+    seed: int,
+    steps: int = 50,
+    batch_size: int = 16,
+    threads: int = 1,
+    done_marker: Path | None = None,
+) -> int:
+    """Context faces from a diffusers unconditional UNet checkpoint folder (``unet/`` or the
+    model at the top, with its ``scheduler/``), e.g. an FFHQ DDPM, sampled with DDIM by the
+    loop the LDM uses; face i starts from ``image_noise(seed, i, 0)``."""
+    device = stage_device(threads)
+    model_dir = Path(model_dir)
+    unet, scheduler = _load_diffusers(model_dir, device)
     model = _DiffusersUNet(unet)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    record = _generator_record("diffusers", files, seed=seed, steps=steps, face_size=face_size)
 
-    def make_faces(labels: range) -> torch.Tensor:
-        noise = torch.stack([image_noise(seed, i, 0, shape) for i in labels]).to(device)
+    def make_faces(jobs: list[tuple[int, int]]) -> torch.Tensor:
+        noise = torch.stack([image_noise(seed, i, k, shape) for i, k in jobs]).to(device)
         return to_uint8(sample_latents(model, scheduler, noise, None, steps)).cpu()
 
-    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size)
+    return _write_candidate_shard(
+        make_faces, indices, out_dir, face_size, batch_size, record, done_marker
+    )
 
 
 def database_manifest(images: Path, out_manifest: Path) -> int:
     """ADMIS's context database: one face image per identity, in file-name order."""
-    files = sorted(
-        p for p in Path(images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-    )
+    files = database_faces(images)
     if not files:
         raise FileNotFoundError(
             f"context database {images} holds no .jpg/.png faces: put one aligned face per "
@@ -190,14 +276,13 @@ def import_admis_embeddings(
 class SelectionConfig(StageSettings, section="contexts.selection"):
     """How contexts are filtered (config section ``contexts.selection``, defaults in the
     schema; ``identities`` comes from the sets); thresholds are cosines under the embedding
-    model."""
+    model. ``probe_samples`` and ``batch_size`` set how many candidates await their probes at
+    once (see ``choose_contexts``)."""
 
     identities: int
     probe_samples: int
     intra_threshold: float
     inter_threshold: float
-    steps: int
-    seed: int
     batch_size: int
 
 
@@ -210,82 +295,137 @@ class Selection:
     dropped: list[tuple[int, str]] = field(default_factory=list)
 
 
+# Candidates walked per block: their cosines to the identities kept before the block come from
+# one matrix product, those within the block from its Gram matrix (a few MB).
+WALK_BLOCK = 2048
+
+
+def _closest(rows: torch.Tensor, table: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+    """Each row's largest cosine to the rows of ``table`` (-inf when it has none), a chunk of
+    ``table`` at a time so that memory stays bounded."""
+    closest = torch.full((len(rows),), -np.inf)
+    for start in range(0, len(table), chunk):
+        products = rows @ table[start : start + chunk].T
+        closest = torch.maximum(closest, products.max(dim=1).values)
+    return closest
+
+
+class _Walk:
+    """The greedy walk of ``choose_contexts``, a block of candidates at a time."""
+
+    def __init__(self, contexts: torch.Tensor, intra: Sequence[float], cfg: SelectionConfig):
+        self.contexts, self.intra, self.cfg = contexts, intra, cfg
+        self.selection = Selection()
+        self.pending: list[int] = []
+        self.per_batch = max(1, cfg.batch_size // cfg.probe_samples)
+
+    def done(self) -> bool:
+        return len(self.selection.kept) >= self.cfg.identities
+
+    def judge_pending(self) -> list[int]:
+        """Keep or drop the awaiting candidates by their scores; returns those judged."""
+        judged, threshold = [], self.cfg.intra_threshold
+        for i in self.pending:
+            if self.done():
+                break
+            judged.append(i)
+            if self.intra[i] < threshold:
+                self.selection.dropped.append((i, f"intra {self.intra[i]:.3f} < {threshold}"))
+            else:
+                self.selection.kept.append(i)
+                self.selection.intra[i] = self.intra[i]
+        self.pending.clear()
+        return judged
+
+    def block(self, rows: range) -> None:
+        """Walk ``rows``. ``others`` marks the block's candidates (and those awaiting from
+        before it) that are kept or awaiting, the ones the inter test compares with besides
+        the identities kept before the block."""
+        contexts, cfg = self.contexts, self.cfg
+        block = contexts[rows.start : rows.stop]
+        before = _closest(block, contexts[self.selection.kept])
+        local = [*self.pending, *rows]
+        position = {i: p for p, i in enumerate(local)}
+        gram = block @ contexts[local].T
+        others = torch.zeros(len(local), dtype=torch.bool)
+        others[: len(self.pending)] = True
+        for i in rows:
+            if self.done():
+                return
+            inside = gram[i - rows.start][others]
+            closest = float(before[i - rows.start])
+            if len(inside):
+                closest = max(closest, float(inside.max()))
+            if closest > cfg.inter_threshold:
+                self.selection.dropped.append((i, f"inter {closest:.3f} > {cfg.inter_threshold}"))
+                continue
+            self.pending.append(i)
+            others[position[i]] = True
+            waiting = len(self.selection.kept) + len(self.pending)
+            if len(self.pending) == self.per_batch or waiting >= cfg.identities:
+                for judged in self.judge_pending():
+                    others[position[judged]] = judged in self.selection.intra
+
+
 def choose_contexts(
-    contexts: torch.Tensor,
-    probe: Callable[[list[int]], torch.Tensor],
-    cfg: SelectionConfig,
+    contexts: torch.Tensor, intra: Sequence[float], cfg: SelectionConfig
 ) -> Selection:
     """Walk the candidates (rows of ``contexts``, unit vectors) in order until ``cfg.identities``
-    are kept. ``probe(candidates)`` gives the (len, probe_samples, D) unit embeddings of the
-    LDM's probe faces for those candidates.
+    are kept. ``intra[i]`` is candidate i's probe score (``synface.probes``).
 
-    The inter test needs no sampling, so it runs first (against the identities kept or awaiting
-    their probes); only candidates that pass it cost probe samples.
+    The walk is the one that sampled probes on demand: the inter test runs first, against the
+    identities kept and those awaiting their probes (up to ``batch_size // probe_samples``
+    candidates, whose scores are read together); only candidates that pass it are judged by
+    their score. So the selection does not depend on how the probes were sharded. Blocks of
+    ``WALK_BLOCK`` candidates make it matrix products: 600k candidates against 300k identities
+    are ~10^14 multiply-adds, minutes on a few cores.
     """
-    selection = Selection()
-    kept, pending = selection.kept, []
-    per_batch = max(1, cfg.batch_size // cfg.probe_samples)
-
-    def probe_pending() -> None:
-        probes = probe(pending)
-        for row, i in enumerate(pending):
-            if len(kept) >= cfg.identities:
-                break
-            intra = (probes[row] @ contexts[i]).mean().item()
-            if intra < cfg.intra_threshold:
-                selection.dropped.append((i, f"intra {intra:.3f} < {cfg.intra_threshold}"))
-            else:
-                kept.append(i)
-                selection.intra[i] = intra
-        pending.clear()
-
-    for i in range(len(contexts)):
-        if len(kept) >= cfg.identities:
+    walk = _Walk(contexts, intra, cfg)
+    for start in range(0, len(contexts), WALK_BLOCK):
+        if walk.done():
             break
-        others = kept + pending
-        closest = float((contexts[others] @ contexts[i]).max()) if others else -np.inf
-        if closest > cfg.inter_threshold:
-            selection.dropped.append((i, f"inter {closest:.3f} > {cfg.inter_threshold}"))
-            continue
-        pending.append(i)
-        if len(pending) == per_batch or len(kept) + len(pending) >= cfg.identities:
-            probe_pending()
-    if pending:
-        probe_pending()
-    return selection
+        walk.block(range(start, min(start + WALK_BLOCK, len(contexts))))
+    if walk.pending:
+        walk.judge_pending()
+    return walk.selection
+
+
+def read_probe_scores(probes: Sequence[Path], count: int) -> list[float]:
+    """The scores of candidates 0..count-1 from the probe shards' outputs."""
+    from synface.probes import read_scores
+
+    scores: dict[int, float] = {}
+    for path in probes:
+        scores.update(read_scores(path))
+    missing = [i for i in range(count) if i not in scores]
+    if missing:
+        raise ValueError(
+            f"the probe scores ({len(probes)} files, e.g. {probes[0] if probes else 'none'}) "
+            f"miss {len(missing)} of the {count} candidates (first: {missing[0]}): run "
+            "probe-contexts on every shard of the candidates' embedding rows"
+        )
+    return [scores[i] for i in range(count)]
 
 
 def select_contexts(
     candidates_dir: Path,
     candidates_manifest: Path,
-    ldm_checkpoint: Path,
-    first_stage: Path,
-    embedding_weights: Path,
+    probes: Sequence[Path],
     out_dir: Path,
     cfg: SelectionConfig,
     threads: int = 1,
 ) -> dict[str, int]:
-    """Keep up to ``cfg.identities`` candidates, in candidate order (``choose_contexts``).
+    """Keep up to ``cfg.identities`` candidates, in candidate order (``choose_contexts``), from
+    their embeddings and the probe shards' scores; ``threads`` for its matrix products.
 
     Writes ``contexts.npy`` (kept embeddings, row = synthetic identity), ``faces.tsv`` (their
     context faces, label = row), ``selected.tsv`` and ``dropped.tsv`` (with the reason).
     """
+    runtime.set_threads(threads)
     embeddings, names = read_embeddings(candidates_dir)
     entries = aligned_entries(candidates_dir, names, candidates_manifest)
-    generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
-    embedder = FaceEmbedder(embedding_weights, generator.device)
     contexts = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
-    # The walk stops once enough are kept: how many candidates it probes is not known ahead.
-    bar = progress(None, "select-contexts", cfg.batch_size, unit="probe faces")
-
-    def probe(candidates: list[int]) -> torch.Tensor:
-        jobs = [(i, k) for i in candidates for k in range(cfg.probe_samples)]
-        faces = generator.faces(contexts[[i for i, _ in jobs]], jobs, cfg.seed, cfg.steps)
-        bar.update(len(jobs))
-        return embedder(faces).view(len(candidates), cfg.probe_samples, -1)
-
-    selection = choose_contexts(contexts, probe, cfg)
-    bar.close()
+    selection = choose_contexts(contexts, read_probe_scores(probes, len(contexts)), cfg)
     reasons = {k: sum(r.startswith(k) for _, r in selection.dropped) for k in ("intra", "inter")}
     log.info("kept %d contexts; dropped %s", len(selection.kept), reasons)
     _write_selection(out_dir, selection, contexts, entries, names)

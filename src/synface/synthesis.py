@@ -27,7 +27,6 @@ stopped, while a rerun with other settings stops instead of mixing faces of two 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -48,18 +47,15 @@ from synface.ldm.sampling import SAMPLERS, SamplingSettings
 from synface.models.vq_f4 import DECODER_FILE
 from synface.progress import progress
 from synface.settings import StageSettings
+from synface.shards import JOURNAL_SUFFIX, claim_folder
+from synface.shards import SETTINGS_FILE as SETTINGS_FILE  # where the pool's record is
 
 log = logging.getLogger(__name__)
 
 # Smaller batches are padded up to this many rows (see the module docstring).
 MIN_ROWS = 16
-SETTINGS_FILE = "settings.json"
 # Contexts are unit vectors (the reference re-normalises them); this catches raw embeddings.
 NORM_TOLERANCE = 1e-3
-
-
-# Journal suffix: present while a shard runs or after it was interrupted (module docstring).
-JOURNAL_SUFFIX = ".running"
 
 
 @dataclass(frozen=True)
@@ -141,28 +137,10 @@ def _finished_identities(out_dir: Path) -> list[Path]:
 
 
 def _claim_output(out_dir: Path, record: dict[str, Any]) -> None:
-    """Write ``settings.json`` or check that the one there matches ``record``.
-
-    Shards of one run write identical records, so concurrent first writes are harmless. A record
-    of a run that finished no identity is replaced: a failed start must not block its fix.
-    """
-    path = Path(out_dir) / SETTINGS_FILE
-    if path.exists():
-        existing = json.loads(path.read_text())
-        if existing == record:
-            return
-        finished = _finished_identities(out_dir)
-        if finished:
-            keys = record.keys() | existing.keys()
-            changed = sorted(k for k in keys if existing.get(k) != record.get(k))
-            raise ValueError(
-                f"{out_dir} holds {len(finished)} identities of faces made with other settings "
-                f"({', '.join(changed)} differ from {path}); nothing was changed. To continue "
-                "this pool, restore the settings, LDM, first stage and contexts it was made "
-                f"with. To start it over with the new ones, delete {out_dir} yourself: that "
-                f"deletes its {len(finished)} finished identities"
-            )
-    write_json(path, record)
+    """Write ``settings.json`` or check that the one there matches ``record`` (``claim_folder``)."""
+    count = lambda: len(_finished_identities(out_dir))  # noqa: E731 (called only on a mismatch)
+    restore = "the settings, LDM, first stage and contexts the pool was made with"
+    claim_folder(out_dir, record, count, "identities", restore)
 
 
 def _checked_contexts(contexts: np.ndarray, identities: range) -> torch.Tensor:

@@ -81,7 +81,18 @@ def write_manifest(manifest: Path, entries: Iterable[ManifestEntry]) -> int:
     return len(lines)
 
 
+def join_manifests(manifests: Iterable[Path], out_manifest: Path) -> int:
+    """One manifest holding the entries of ``manifests`` in the order given (a set's shards)."""
+    entries = [entry for manifest in manifests for entry in read_manifest(manifest)]
+    return write_manifest(out_manifest, entries)
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def database_faces(images: Path) -> list[Path]:
+    """The faces of a context database, one identity each, in file-name order."""
+    return sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def scan_image_folder(images: Path) -> list[ManifestEntry]:
