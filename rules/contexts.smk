@@ -91,9 +91,9 @@ rule probe_contexts:
         settings=get_probe_contexts_params(),
     shell:
         "synface probe-contexts --candidates {params.candidates:q} "
-        "--first {wildcards.first} --last {wildcards.last} --ldm {input.ldm:q} "
+        "--first {wildcards.first:q} --last {wildcards.last:q} --ldm {input.ldm:q} "
         "--first-stage {params.first_stage:q} --embedding-weights {input.weights:q} "
-        "--out {output.scores:q} --settings {params.settings:q} --threads {threads} "
+        "--out {output.scores:q} --settings {params.settings:q} --threads {threads:q} "
         "> {log:q} 2>&1"
 
 

@@ -126,7 +126,7 @@ rule plot_samples:
 
 rule plot_contexts:
     input:
-        candidates=rules.make_context_candidates.output.manifest,
+        candidates=rules.context_candidates.output.manifest,
         selected=rules.select_contexts.output.selected,
         dropped=rules.select_contexts.output.dropped,
     output:

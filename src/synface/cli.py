@@ -446,6 +446,10 @@ def add_identity_consistency(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--seed", type=int, default=0, help="impostor sampling seed")
 
 
+# Keys of config section synthesis that the rules use themselves (sharding, resources).
+SYNTHESIS_RULE_KEYS = ("ids_per_shard", "gpus", "threads", "seconds_per_image")
+
+
 def add_synthesize(sub: argparse.ArgumentParser) -> None:
     _ldm(sub, help="LDM checkpoint (+ .json)")
     _first_stage(sub)
@@ -456,7 +460,7 @@ def add_synthesize(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out-dir", type=Path, required=True, help="<identity>/<k>.png go here")
     sub.add_argument("--done-marker", type=Path, required=True, help="shard summary, written last")
     sub.add_argument("--face-size", type=int, required=True, help="saved face size in pixels")
-    _settings_option(sub, "synthesis", leaves=("ids_per_shard", "gpus", "threads"))
+    _settings_option(sub, "synthesis", leaves=SYNTHESIS_RULE_KEYS)
     _threads(sub)
 
 
