@@ -157,7 +157,20 @@ def run_make_contexts(args: argparse.Namespace) -> None:
         "ldm": contexts.generate_ldm_faces,
         "diffusers": contexts.generate_diffusers_faces,
     }
-    _call(make[args.source], args)
+    _call(make[args.source], args, align=_align_settings(args.align))
+
+
+def _align_settings(values: dict[str, Any] | None) -> Any:
+    """The ``alignment`` settings of an ``--align`` option, or None without it."""
+    from synface.align import AlignSettings
+
+    return None if values is None else AlignSettings.from_settings(values)
+
+
+def run_align_faces(args: argparse.Namespace) -> None:
+    from synface.align import align_folder
+
+    _call(align_folder, args, settings=_align_settings(args.settings))
 
 
 def run_select_contexts(args: argparse.Namespace) -> None:
@@ -356,6 +369,20 @@ def add_make_contexts(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--embed-npy", type=Path, help="database: ADMIS elastic_embed.npy")
     sub.add_argument("--names-pkl", type=Path, help="database: ADMIS image_names.pkl")
     sub.add_argument("--embeddings-out", type=Path, help="database: where imports go")
+    sub.add_argument(
+        "--align",
+        type=_settings,
+        help="ldm, diffusers: align each face to the ArcFace template with these `alignment` "
+        "settings (JSON, {} for the defaults) instead of resizing it",
+    )
+    _threads(sub)
+
+
+def add_align_faces(sub: argparse.ArgumentParser) -> None:
+    _path(sub, "--images", "images", "folder of face images (any depth)")
+    _path(sub, "--out-dir", "out_dir", "aligned copies go to OUT_DIR/images/, + rejected.tsv")
+    sub.add_argument("--face-size", type=int, default=112)
+    _settings_option(sub, "the `alignment` section")
     _threads(sub)
 
 
@@ -399,6 +426,12 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
     ("demo-world", run_demo_world, add_demo_world, "render the procedural demo world"),
     ("manifest", run_manifest, add_manifest, "write a dataset manifest (path<TAB>label)"),
+    (
+        "align-faces",
+        run_align_faces,
+        add_align_faces,
+        "align a folder of faces to the ArcFace 112 template (5 landmarks)",
+    ),
     ("pack-tfrecords", run_pack, add_pack_tfrecords, "pack a manifest into TFace TFRecord shards"),
     (
         "train-recognition",

@@ -24,10 +24,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from synface.align import AlignedBatch, AlignSettings, FaceAligner
 from synface.io.atomic import atomic_path, write_json, write_text
 from synface.io.embeddings import aligned_entries, read_embeddings
 from synface.io.images import to_uint8
 from synface.io.manifest import ManifestEntry, read_manifest, write_manifest
+from synface.io.rejected import REJECTED_FILE, write_rejected
 from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces, stage_device
 from synface.ldm.sampling import image_noise, sample_latents
 from synface.settings import StageSettings
@@ -50,23 +52,41 @@ def write_uniform_contexts(out_dir: Path, count: int, dim: int, seed: int) -> No
         np.save(f, uniform_contexts(count, dim, seed))
 
 
+def fit_faces(faces: torch.Tensor, face_size: int, align: AlignSettings | None) -> AlignedBatch:
+    """A generator's uint8 frames as ``face_size`` crops: aligned to the ArcFace template with
+    ``align`` (frames without a usable face dropped, with the reason), or the whole frame
+    resized without it."""
+    if align is None:
+        return AlignedBatch(resize_faces(faces, face_size), list(range(len(faces))))
+    return FaceAligner(align, face_size, faces.device)(faces)
+
+
 def _write_candidate_faces(
     make_faces: Callable[[range], torch.Tensor],
     count: int,
     out_dir: Path,
     face_size: int,
     batch_size: int,
+    align: AlignSettings | None = None,
 ) -> int:
-    """``images/<i>/0.png`` for i < ``count`` from ``make_faces(labels)`` (uint8 faces) and
-    ``manifest.tsv`` (one identity per face)."""
-    entries = []
+    """``images/<i>/0.png`` for i < ``count`` from ``make_faces(labels)`` (uint8 faces, fitted
+    by ``fit_faces``), ``manifest.tsv`` (one identity per face) and ``rejected.tsv`` (the
+    candidates alignment dropped)."""
+    entries, rejected = [], []
     for first in range(0, count, batch_size):
         labels = range(first, min(first + batch_size, count))
-        for label, image in zip(labels, resize_faces(make_faces(labels), face_size), strict=True):
-            path = Path(out_dir) / "images" / f"{label:05d}" / "0.png"
+        fitted = fit_faces(make_faces(labels), face_size, align)
+        rejected += [(f"images/{labels[i]:05d}/0.png", reason) for i, reason in fitted.dropped]
+        for i, image in zip(fitted.kept, fitted.faces, strict=True):
+            path = Path(out_dir) / "images" / f"{labels[i]:05d}" / "0.png"
             with atomic_path(path) as tmp:
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
-            entries.append(ManifestEntry(path, label))
+            entries.append(ManifestEntry(path, labels[i]))
+    write_rejected(out_dir, rejected)
+    if rejected:
+        log.warning(
+            "alignment dropped %d of %d candidates (%s)", len(rejected), count, REJECTED_FILE
+        )
     return write_manifest(Path(out_dir) / "manifest.tsv", entries)
 
 
@@ -80,15 +100,16 @@ def generate_ldm_faces(
     steps: int = 50,
     batch_size: int = 100,
     threads: int = 1,
+    align: AlignSettings | None = None,
 ) -> int:
     """Context faces from the LDM's unconditional mode (learnt with whole-context dropout);
-    face i starts from ``image_noise(seed, i, 0)``."""
+    face i starts from ``image_noise(seed, i, 0)``; ``align``: see ``fit_faces``."""
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
 
     def make_faces(labels: range) -> torch.Tensor:
         return generator.faces(None, [(i, 0) for i in labels], seed, steps)
 
-    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size)
+    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size, align)
 
 
 class _DiffusersUNet(nn.Module):
@@ -111,10 +132,12 @@ def generate_diffusers_faces(
     steps: int = 50,
     batch_size: int = 16,
     threads: int = 1,
+    align: AlignSettings | None = None,
 ) -> int:
     """Context faces from a diffusers unconditional UNet checkpoint folder (``unet/`` or the
     model at the top, with its ``scheduler/``), e.g. an FFHQ DDPM, sampled with DDIM by the
-    loop the LDM uses; face i starts from ``image_noise(seed, i, 0)``."""
+    loop the LDM uses; face i starts from ``image_noise(seed, i, 0)``; ``align``: see
+    ``fit_faces``."""
     from diffusers import DDIMScheduler, UNet2DModel
 
     device = stage_device(threads)
@@ -144,7 +167,7 @@ def generate_diffusers_faces(
         noise = torch.stack([image_noise(seed, i, 0, shape) for i in labels]).to(device)
         return to_uint8(sample_latents(model, scheduler, noise, None, steps)).cpu()
 
-    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size)
+    return _write_candidate_faces(make_faces, count, out_dir, face_size, batch_size, align)
 
 
 def database_manifest(images: Path, out_manifest: Path) -> int:
