@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 import torch
 from PIL import Image
 
@@ -150,3 +151,52 @@ def test_align_folder_writes_crops_and_lists_the_faceless(tmp_path, photo):
     assert set(rejected) == {"a/1.png", "a/2.jpg"}
     assert rejected["a/1.png"].startswith("no face found")
     assert not (out / "images" / "a" / "1.png").exists()
+
+
+def _plan(workdir, targets: list[str], values: dict):
+    """The micro config with ``values`` on top, dry run (``-n -p``) for ``targets``."""
+    from workflow_runner import BASE, MICRO, snakemake
+
+    diff = workdir / "diff.yaml"
+    diff.write_text(yaml.safe_dump(values))
+    result = snakemake(workdir, *targets, "-n", "-p", configfiles=(BASE, MICRO, diff))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result.stdout
+
+
+def _commands(output: str, word: str) -> list[str]:
+    """The planned ``synface <word>`` command lines."""
+    lines = output.splitlines()
+    return [line.split("synface ", 1)[1] for line in lines if f"synface {word} " in line]
+
+
+def test_a_dataset_with_align_plans_aligned_copies(tmp_path):
+    (tmp_path / "resources/raw/a").mkdir(parents=True)
+    dataset = {"source": "folder", "path": "resources/raw", "label": "raw", "align": True}
+    output = _plan(tmp_path, ["results/datasets/raw/manifest.tsv"], {"datasets": {"raw": dataset}})
+    (align,) = _commands(output, "align-faces")
+    assert "--images resources/raw --out-dir results/aligned/raw " in align
+    assert '"min_face":40' in align and "--face-size 32" in align
+    (manifest,) = _commands(output, "manifest")
+    assert "--images results/aligned/raw/images " in manifest
+
+
+@pytest.mark.parametrize("generator", ["ldm", "diffusers"])
+def test_unconditional_contexts_with_align_pass_the_settings(tmp_path, generator):
+    (tmp_path / "resources/ffhq-ddpm").mkdir(parents=True)
+    contexts = {"generator": generator, "model_dir": "resources/ffhq-ddpm", "align": True}
+    output = _plan(tmp_path, ["synthetic_sets"], {"contexts": contexts})
+    (candidates,) = [c for c in _commands(output, "make-contexts") if "uniform" not in c]
+    assert f"--source {generator} " in candidates
+    assert """--align '{"min_confidence":0.9,"min_face":40}'""" in candidates
+    assert not _commands(output, "align-faces")
+
+
+def test_a_context_database_with_align_is_aligned_first(tmp_path):
+    (tmp_path / "resources/db").mkdir(parents=True)
+    contexts = {"source": "database", "images": "resources/db", "align": True}
+    output = _plan(tmp_path, ["synthetic_sets"], {"contexts": contexts})
+    (align,) = _commands(output, "align-faces")
+    assert "--images resources/db --out-dir results/aligned/context-database " in align
+    (candidates,) = [c for c in _commands(output, "make-contexts") if "database" in c]
+    assert "--images results/aligned/context-database/images " in candidates
