@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 import pytest
-import yaml
 import torch
+import yaml
 from PIL import Image
 
 from synface.align import AlignSettings, FaceAligner, align_folder, template, umeyama, warp_faces
