@@ -200,3 +200,25 @@ def test_a_context_database_with_align_is_aligned_first(tmp_path):
     assert "--images resources/db --out-dir results/aligned/context-database " in align
     (candidates,) = [c for c in _commands(output, "make-contexts") if "database" in c]
     assert "--images results/aligned/context-database/images " in candidates
+
+
+def test_generated_candidates_are_aligned_and_the_faceless_listed(tmp_path, photo):
+    """``contexts.align``: the frames a generator makes become aligned crops; a frame without a
+    face gets no image and no manifest line, and is listed with the reason."""
+    from synface.contexts import _write_candidate_faces
+    from synface.io.manifest import read_manifest
+
+    frames = {0: as_batch(photo)[0], 1: torch.full((3, 512, 512), 70, dtype=torch.uint8)}
+    frames[2] = frames[0]
+
+    def make_faces(labels: range) -> torch.Tensor:
+        return torch.stack([frames[i] for i in labels])
+
+    settings = AlignSettings.from_settings({})
+    assert _write_candidate_faces(make_faces, 3, tmp_path, 112, 2, settings) == 2
+    assert [e.label for e in read_manifest(tmp_path / "manifest.tsv")] == [0, 2]
+    assert list(read_rejected(tmp_path)) == ["images/00001/0.png"]
+    assert not (tmp_path / "images/00001/0.png").exists()
+    with Image.open(tmp_path / "images/00002/0.png") as face:
+        crop = torch.from_numpy(np.array(face)).permute(2, 0, 1)
+    assert torch.equal(crop, FaceAligner(settings, 112)(as_batch(photo)).faces[0])

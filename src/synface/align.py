@@ -170,14 +170,14 @@ class FaceAligner:
         return np.asarray(points[0], dtype=np.float64)
 
     def __call__(self, images: torch.Tensor) -> AlignedBatch:
-        """Aligned crops of the faces in ``images`` (N, 3, H, W) uint8."""
+        """Aligned crops (on the CPU) of the faces in ``images`` (N, 3, H, W) uint8."""
         found = self.landmarks(images)
         kept = [i for i, f in enumerate(found) if not isinstance(f, str)]
         dropped = [(i, f) for i, f in enumerate(found) if isinstance(f, str)]
         dst = template(self.size)
         matrices = torch.tensor(np.array([umeyama(found[i], dst) for i in kept]).reshape(-1, 2, 3))
         faces = warp_faces(images[kept], matrices, self.size) if kept else images[:0, :, :1, :1]
-        return AlignedBatch(faces, kept, dropped)
+        return AlignedBatch(faces.cpu(), kept, dropped)
 
 
 def align_folder(

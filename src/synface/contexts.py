@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from synface import runtime
 from synface.align import AlignedBatch, AlignSettings, FaceAligner
 from synface.io.atomic import atomic_path, write_json, write_text
 from synface.io.embeddings import aligned_entries, read_embeddings
@@ -52,13 +53,13 @@ def write_uniform_contexts(out_dir: Path, count: int, dim: int, seed: int) -> No
         np.save(f, uniform_contexts(count, dim, seed))
 
 
-def fit_faces(faces: torch.Tensor, face_size: int, align: AlignSettings | None) -> AlignedBatch:
-    """A generator's uint8 frames as ``face_size`` crops: aligned to the ArcFace template with
-    ``align`` (frames without a usable face dropped, with the reason), or the whole frame
-    resized without it."""
-    if align is None:
+def fit_faces(faces: torch.Tensor, face_size: int, aligner: FaceAligner | None) -> AlignedBatch:
+    """A generator's uint8 frames as ``face_size`` crops: aligned to the ArcFace template by
+    ``aligner`` (frames without a usable face dropped, with the reason), or the whole frame
+    resized without one."""
+    if aligner is None:
         return AlignedBatch(resize_faces(faces, face_size), list(range(len(faces))))
-    return FaceAligner(align, face_size, faces.device)(faces)
+    return aligner(faces)
 
 
 def _write_candidate_faces(
@@ -70,12 +71,13 @@ def _write_candidate_faces(
     align: AlignSettings | None = None,
 ) -> int:
     """``images/<i>/0.png`` for i < ``count`` from ``make_faces(labels)`` (uint8 faces, fitted
-    by ``fit_faces``), ``manifest.tsv`` (one identity per face) and ``rejected.tsv`` (the
-    candidates alignment dropped)."""
+    by ``fit_faces``, aligned with the ``align`` settings if given), ``manifest.tsv`` (one
+    identity per face) and ``rejected.tsv`` (the candidates alignment dropped)."""
+    aligner = FaceAligner(align, face_size, runtime.pick_device()) if align is not None else None
     entries, rejected = [], []
     for first in range(0, count, batch_size):
         labels = range(first, min(first + batch_size, count))
-        fitted = fit_faces(make_faces(labels), face_size, align)
+        fitted = fit_faces(make_faces(labels), face_size, aligner)
         rejected += [(f"images/{labels[i]:05d}/0.png", reason) for i, reason in fitted.dropped]
         for i, image in zip(fitted.kept, fitted.faces, strict=True):
             path = Path(out_dir) / "images" / f"{labels[i]:05d}" / "0.png"
