@@ -222,3 +222,14 @@ def test_generated_candidates_are_aligned_and_the_faceless_listed(tmp_path, phot
     with Image.open(tmp_path / "images/00002/0.png") as face:
         crop = torch.from_numpy(np.array(face)).permute(2, 0, 1)
     assert torch.equal(crop, FaceAligner(settings, 112)(as_batch(photo)).faces[0])
+
+
+def test_aligning_a_database_with_admis_embeddings_is_refused(tmp_path):
+    from workflow_runner import BASE, MICRO, snakemake
+
+    (tmp_path / "resources/db").mkdir(parents=True)
+    contexts = {"source": "database", "images": "resources/db", "align": True, "embed_npy": "e"}
+    (tmp_path / "diff.yaml").write_text(yaml.safe_dump({"contexts": contexts}))
+    result = snakemake(tmp_path, "-n", configfiles=(BASE, MICRO, tmp_path / "diff.yaml"))
+    assert result.returncode != 0
+    assert "contexts.align: true and contexts.embed_npy are set" in result.stdout + result.stderr
