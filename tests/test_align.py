@@ -233,3 +233,12 @@ def test_aligning_a_database_with_admis_embeddings_is_refused(tmp_path):
     result = snakemake(tmp_path, "-n", configfiles=(BASE, MICRO, tmp_path / "diff.yaml"))
     assert result.returncode != 0
     assert "contexts.align: true and contexts.embed_npy are set" in result.stdout + result.stderr
+
+
+def test_a_folder_without_any_face_stops_naming_the_list(tmp_path):
+    (tmp_path / "images/a").mkdir(parents=True)
+    Image.new("RGB", (128, 128), (90, 90, 90)).save(tmp_path / "images/a/0.png")
+    with pytest.raises(ValueError, match="none of its 1 images is usable") as error:
+        align_folder(tmp_path / "images", tmp_path / "out", 112, AlignSettings.from_settings({}))
+    assert "rejected.tsv" in str(error.value)
+    assert list(read_rejected(tmp_path / "out")) == ["a/0.png"]
