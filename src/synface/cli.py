@@ -14,7 +14,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from synface.align import AlignSettings
 
 
 def _settings(text: str) -> dict[str, Any]:
@@ -160,7 +163,7 @@ def run_make_contexts(args: argparse.Namespace) -> None:
     _call(make[args.source], args, align=_align_settings(args.align))
 
 
-def _align_settings(values: dict[str, Any] | None) -> Any:
+def _align_settings(values: dict[str, Any] | None) -> AlignSettings | None:
     """The ``alignment`` settings of an ``--align`` option, or None without it."""
     from synface.align import AlignSettings
 
