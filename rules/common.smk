@@ -26,6 +26,18 @@ DATASETS = list(config["datasets"])
 SYNTHETIC = [n for n, d in config["datasets"].items() if d["source"] == "synthetic"]
 CONTEXT_ONLY = [n for n, d in config["datasets"].items() if d["source"] == "context_faces"]
 SOURCED = [n for n, d in config["datasets"].items() if d["source"] in ("demo", "folder")]
+# Face folders aligned to the ArcFace template before use: datasets with `align: true`, and the
+# context database (a name no dataset can take: dataset names have no hyphen).
+CONTEXT_DATABASE = "context-database"
+ALIGNED = [n for n, d in config["datasets"].items() if d["source"] == "folder" and d["align"]]
+if config["contexts"]["source"] == "database" and config["contexts"]["align"]:
+    ALIGNED.append(CONTEXT_DATABASE)
+    if config["contexts"]["embed_npy"]:
+        raise WorkflowError(
+            "contexts.align: true and contexts.embed_npy are set: ADMIS's embeddings describe its "
+            "own faces, not new aligned copies. Set contexts.align: false to use them, or "
+            "contexts.embed_npy: null to embed the aligned faces"
+        )
 FACESETS = [*DATASETS, "heldout", "candidates", *(f"synthetic_{name}" for name in SYNTHETIC)]
 
 
@@ -88,10 +100,26 @@ def get_demo_world_params():
     return settings({**config.get("demo_world", {}), "image_size": config["face_size"]})
 
 
+def aligned_images(faces):
+    return rules.align_faces.output.images.format(faces=faces)
+
+
 def get_dataset_manifest_input(wildcards):
     if is_demo(config["datasets"][wildcards.dataset]):
         return {"manifest": rules.demo_world.output.manifest}
+    if wildcards.dataset in ALIGNED:
+        return {"images": aligned_images(wildcards.dataset)}
     return {"images": config["datasets"][wildcards.dataset]["path"]}
+
+
+def get_align_faces_input(wildcards):
+    if wildcards.faces == CONTEXT_DATABASE:
+        return config["contexts"]["images"]
+    return config["datasets"][wildcards.faces]["path"]
+
+
+def get_align_faces_params():
+    return settings(config["alignment"])
 
 
 def get_dataset_manifest_source(wildcards, input):
@@ -366,12 +394,27 @@ def get_context_candidates_output():
     return outputs
 
 
+def get_context_database():
+    """The context faces of `source: database`: the folder itself, or its aligned copies."""
+    if CONTEXT_DATABASE in ALIGNED:
+        return aligned_images(CONTEXT_DATABASE)
+    return config["contexts"]["images"]
+
+
+def get_context_candidates_input(wildcards):
+    if generates_candidates():
+        return {"shards": get_candidate_shards(wildcards)}
+    if CONTEXT_DATABASE in ALIGNED:
+        return {"database": get_context_database()}
+    return {}
+
+
 def get_context_candidates_command(wildcards, input, output):
     """Join the generated shards' manifests, or list (and import) the context database."""
     if generates_candidates():
         return ["join-manifests", "--out", output.manifest, *input.shards]
     contexts = config["contexts"]
-    args = ["make-contexts", "--source", "database", "--images", contexts["images"]]
+    args = ["make-contexts", "--source", "database", "--images", get_context_database()]
     args += ["--out-dir", str(Path(output.manifest).parent)]
     if imports_candidate_embeddings():
         args += ["--embed-npy", contexts["embed_npy"], "--names-pkl", contexts["names_pkl"]]
@@ -387,11 +430,12 @@ def get_make_context_candidates_input(wildcards):
 
 def get_make_context_candidates_args(wildcards, input, output):
     contexts = config["contexts"]
-    contexts = config["contexts"]
     common = [
         *("--seed", contexts["seed"], "--steps", contexts["steps"]),
         *("--batch-size", contexts["batch_size"], "--face-size", config["face_size"]),
     ]
+    if contexts["align"]:
+        common += ["--align", get_align_faces_params()]
     if contexts["generator"] == "diffusers":
         return ["--source", "diffusers", "--model-dir", contexts["model_dir"], *common]
     first_stage = str(Path(input.spec).parent)

@@ -25,7 +25,7 @@ rule make_context_candidates:
 
 rule context_candidates:
     input:
-        shards=get_candidate_shards,
+        unpack(get_context_candidates_input),
     output:
         **get_context_candidates_output(),
     log:

@@ -257,3 +257,23 @@ def test_the_shipped_demo_weights_know_their_identity(tmp_path: Path) -> None:
     assert result.retrieval_top1 >= 0.5, result
     assert result.mean_cos_own > result.mean_cos_other + 0.3, result
     assert json.loads((tmp_path / "check.json").read_text())["contexts"] == 12
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_ldm_train_precision_reaches_the_training_autocast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    """``ldm.train.precision`` is the precision every training step's forward runs under."""
+    import synface.ldm.train as ldm_train
+
+    seen: list[str] = []
+    real = ldm_train.runtime.autocast
+
+    def recording(device: torch.device, precision: str = "bf16"):
+        seen.append(precision)
+        return real(device, precision)
+
+    monkeypatch.setattr(ldm_train.runtime, "autocast", recording)
+    cfg = LDMTrainConfig.from_settings({**_tiny_settings(2), "precision": precision})
+    train_ldm(_tiny_cache(tmp_path / "cache"), tmp_path / "m.ckpt", tmp_path / "run", cfg)
+    assert seen and set(seen) == {precision}

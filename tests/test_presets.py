@@ -16,22 +16,24 @@ PLUS = (*ADMIS, ROOT / "config" / "frcsyn-plus.yaml")
 # JSON (sorted keys) or flags; pools are named <contexts>-<images per identity>.
 EXPECTED = {
     "admis": [
-        '"precision":"fp32"',  # recognition training, TFace AMP: false
+        '"precision":"fp32","seed"',  # recognition training, TFace AMP: false
         "--precision fp32",  # evaluation
         '"ema_max_decay":0.0',
         '"whole_context_dropout":0.0',
         '"antialias":false',
         '"sampler":"ddim_admis"',
         "pools/selected-49/",  # 49 synthetic + 5 context copies
+        "--face-size 112 --out-dir results/contexts/candidates",  # the whole frame resized
     ],
     "plus": [
-        '"precision":"bf16"',
+        '"precision":"bf16","seed"',
         "--precision bf16",
         '"ema_max_decay":0.9999',
         '"whole_context_dropout":0.1',
         '"antialias":true',
         '"sampler":"ddim"',
         "pools/selected-50/",
+        """--align '{"min_confidence":0.9,"min_face":40}' --out-dir results/contexts/candidates""",
     ],
 }
 

@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from synface.settings import SettingsError, check_settings, section_keys
 
@@ -25,6 +25,9 @@ DESCRIPTION = (
     "synface: one command per stage of the pipeline. The Snakemake rules call these commands; "
     "`synface COMMAND --help` lists what each flag of a command takes."
 )
+
+if TYPE_CHECKING:
+    from synface.align import AlignSettings
 
 
 def _settings(text: str) -> dict[str, Any]:
@@ -195,7 +198,26 @@ def run_make_contexts(args: argparse.Namespace) -> None:
         "diffusers": contexts.generate_diffusers_faces,
     }
     last = args.count if args.last is None else args.last
-    _call(make[args.source], args, indices=range(args.first, last))
+    _call(make[args.source], args, indices=range(args.first, last), align=_align_settings(args))
+
+
+def _align_settings(args: argparse.Namespace) -> AlignSettings | None:
+    """The ``alignment`` settings of ``--align``, checked like ``--settings``; None without."""
+    from synface.align import AlignSettings
+
+    if args.align is None:
+        return None
+    try:
+        check_settings("alignment", args.align)
+        return AlignSettings.from_settings(args.align)
+    except (ValueError, TypeError) as error:
+        raise SettingsError(f"--align: {error}") from None
+
+
+def run_align_faces(args: argparse.Namespace) -> None:
+    from synface.align import AlignSettings, align_folder
+
+    _call(align_folder, args, settings=_stage_settings(args, AlignSettings.from_settings))
 
 
 def run_join_manifests(args: argparse.Namespace) -> None:
@@ -490,6 +512,21 @@ def add_make_contexts(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--embed-npy", type=Path, help="database: ADMIS elastic_embed.npy")
     sub.add_argument("--names-pkl", type=Path, help="database: ADMIS image_names.pkl")
     sub.add_argument("--embeddings-out", type=Path, help="database: where imports go")
+    sub.add_argument(
+        "--align",
+        type=_settings,
+        help="ldm, diffusers: align each face to the ArcFace template with these settings "
+        "of config section alignment (JSON, {} for the defaults) instead of resizing it",
+    )
+    _threads(sub)
+
+
+def add_align_faces(sub: argparse.ArgumentParser) -> None:
+    _path(sub, "--images", "images", "folder of face images (any depth)")
+    _path(sub, "--out-dir", "out_dir", "aligned copies go to OUT_DIR/images/, + rejected.tsv")
+    help = "side of the aligned crops in pixels; default 112"
+    sub.add_argument("--face-size", type=int, default=112, help=help)
+    _settings_option(sub, "alignment")
     _threads(sub)
 
 
@@ -589,6 +626,12 @@ Arguments = Callable[[argparse.ArgumentParser], None]
 COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
     ("demo-world", run_demo_world, add_demo_world, "render the procedural demo world"),
     ("manifest", run_manifest, add_manifest, "write a dataset manifest (path<TAB>label)"),
+    (
+        "align-faces",
+        run_align_faces,
+        add_align_faces,
+        "align a folder of faces to the ArcFace 112 template (5 landmarks)",
+    ),
     ("pack-tfrecords", run_pack, add_pack_tfrecords, "pack a manifest into TFace TFRecord shards"),
     (
         "train-recognition",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,13 @@ from PIL import Image
 from torch import nn
 
 from synface import runtime
+from synface.align import AlignedBatch, AlignSettings, FaceAligner
 from synface.checkpoint import content_digest
 from synface.io.atomic import atomic_path, write_json, write_text
 from synface.io.embeddings import aligned_entries, read_embeddings
 from synface.io.images import to_uint8
 from synface.io.manifest import ManifestEntry, database_faces, read_manifest, write_manifest
+from synface.io.rejected import write_rejected
 from synface.ldm.faces import FaceGenerator, resize_faces, stage_device
 from synface.ldm.first_stage import FIRST_STAGE_JSON
 from synface.ldm.sampling import image_noise, sample_latents
@@ -77,24 +79,39 @@ def grid_batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
     return list(batches.values())
 
 
+def fit_faces(faces: torch.Tensor, face_size: int, aligner: FaceAligner | None) -> AlignedBatch:
+    """A generator's uint8 frames as ``face_size`` crops: aligned to the ArcFace template by
+    ``aligner`` (frames without a usable face dropped, with the reason), or the whole frame
+    resized without one."""
+    if aligner is None:
+        return AlignedBatch(resize_faces(faces, face_size), list(range(len(faces))))
+    return aligner(faces)
+
+
 def _write_candidate_faces(
     make_faces: Callable[[list[tuple[int, int]]], torch.Tensor],
     indices: Sequence[int],
     out_dir: Path,
     face_size: int,
     batch_size: int,
-) -> None:
+    aligner: FaceAligner | None,
+) -> list[tuple[int, str]]:
     """``images/<i>/0.png`` for each candidate i of ``indices`` from ``make_faces(jobs)``
-    (uint8 faces, one per ``(i, 0)`` job), each written atomically. Batches are padded to
+    (uint8 frames, one per ``(i, 0)`` job, fitted by ``fit_faces``), each written atomically;
+    returns the candidates alignment dropped, with the reason. Batches are padded to
     ``MIN_ROWS`` (as synthesis pads them), so a face's bytes do not depend on the shard."""
+    dropped = []
     bar = progress(len(indices), "make-contexts", batch_size, unit="faces")
     for labels in grid_batches(indices, batch_size):
-        faces = make_faces(pad_jobs([(i, 0) for i in labels]))[: len(labels)]
-        for label, image in zip(labels, resize_faces(faces, face_size), strict=True):
-            with atomic_path(candidate_face(out_dir, label)) as tmp:
+        frames = make_faces(pad_jobs([(i, 0) for i in labels]))[: len(labels)]
+        fitted = fit_faces(frames, face_size, aligner)
+        dropped += [(labels[row], reason) for row, reason in fitted.dropped]
+        for row, image in zip(fitted.kept, fitted.faces, strict=True):
+            with atomic_path(candidate_face(out_dir, labels[row])) as tmp:
                 Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
         bar.update(len(labels))
     bar.close()
+    return dropped
 
 
 def _write_candidate_shard(
@@ -105,17 +122,21 @@ def _write_candidate_shard(
     batch_size: int,
     record: dict[str, Any],
     done_marker: Path | None,
+    align: AlignSettings | None,
 ) -> int:
     """Candidates ``indices`` of a shard, then its manifest (``done_marker``, default
-    ``out_dir/shards/<start>-<stop>.tsv``: one identity per face), written last.
+    ``out_dir/shards/<start>-<stop>.tsv``: one identity per face kept), written last, and the
+    candidates alignment dropped in ``out_dir/rejected/<start>-<stop>/rejected.tsv``.
 
     Resumes like a synthesis shard: with its journal present (an interrupted run) the faces
-    already there are kept; without it every face is made anew. ``settings.json`` guards the
-    shared folder against faces of other generator settings."""
+    already there are kept (a dropped candidate is drawn again, and dropped again); without it
+    every face is made anew. ``settings.json`` guards the shared folder against faces of other
+    generator or alignment settings."""
     out_dir = Path(out_dir)
     marker = Path(done_marker or out_dir / "shards" / f"{indices.start}-{indices.stop}.tsv")
     finished = lambda: len(list(out_dir.glob("images/*/0.png")))  # noqa: E731 (on a mismatch)
-    restore = "the generator and the contexts settings the candidates were made with"
+    restore = "the generator, contexts and alignment settings the candidates were made with"
+    record = {**record, "align": None if align is None else asdict(align)}
     claim_folder(out_dir, record, finished, "candidate faces", restore)
     journal = journal_of(marker)
     pending: Sequence[int] = indices
@@ -126,8 +147,14 @@ def _write_candidate_shard(
         )
     else:
         write_json(journal, {"first": indices.start, "stop": indices.stop})
-    _write_candidate_faces(make_faces, pending, out_dir, face_size, batch_size)
-    count = write_manifest(marker, [ManifestEntry(candidate_face(out_dir, i), i) for i in indices])
+    aligner = None if align is None else FaceAligner(align, face_size, runtime.pick_device())
+    dropped = _write_candidate_faces(make_faces, pending, out_dir, face_size, batch_size, aligner)
+    rejected = [(str(candidate_face(Path(), i)), reason) for i, reason in dropped]
+    write_rejected(out_dir / "rejected" / marker.stem, rejected)
+    if rejected:
+        log.warning("alignment dropped %d of %d candidates", len(rejected), len(pending))
+    kept = [i for i in indices if candidate_face(out_dir, i).exists()]
+    count = write_manifest(marker, [ManifestEntry(candidate_face(out_dir, i), i) for i in kept])
     journal.unlink()
     return count
 
@@ -157,9 +184,10 @@ def generate_ldm_faces(
     batch_size: int = 100,
     threads: int = 1,
     done_marker: Path | None = None,
+    align: AlignSettings | None = None,
 ) -> int:
     """Context faces from the LDM's unconditional mode (learnt with whole-context dropout);
-    face i starts from ``image_noise(seed, i, 0)``."""
+    face i starts from ``image_noise(seed, i, 0)``; ``align``: see ``fit_faces``."""
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
     record = _generator_record(
         "ldm", ldm_files(ldm_checkpoint, first_stage), seed=seed, steps=steps, face_size=face_size
@@ -169,7 +197,7 @@ def generate_ldm_faces(
         return generator.faces(None, jobs, seed, steps)
 
     return _write_candidate_shard(
-        make_faces, indices, out_dir, face_size, batch_size, record, done_marker
+        make_faces, indices, out_dir, face_size, batch_size, record, done_marker, align
     )
 
 
@@ -218,10 +246,12 @@ def generate_diffusers_faces(
     batch_size: int = 16,
     threads: int = 1,
     done_marker: Path | None = None,
+    align: AlignSettings | None = None,
 ) -> int:
     """Context faces from a diffusers unconditional UNet checkpoint folder (``unet/`` or the
     model at the top, with its ``scheduler/``), e.g. an FFHQ DDPM, sampled with DDIM by the
-    loop the LDM uses; face i starts from ``image_noise(seed, i, 0)``."""
+    loop the LDM uses; face i starts from ``image_noise(seed, i, 0)``; ``align``: see
+    ``fit_faces``."""
     device = stage_device(threads)
     model_dir = Path(model_dir)
     unet, scheduler = _load_diffusers(model_dir, device)
@@ -235,7 +265,7 @@ def generate_diffusers_faces(
         return to_uint8(sample_latents(model, scheduler, noise, None, steps)).cpu()
 
     return _write_candidate_shard(
-        make_faces, indices, out_dir, face_size, batch_size, record, done_marker
+        make_faces, indices, out_dir, face_size, batch_size, record, done_marker, align
     )
 
 

@@ -61,6 +61,7 @@ class LDMTrainConfig(StageSettings, section="ldm.train"):
     whole_context_dropout: float
     ema_max_decay: float
     ema_power: float
+    precision: str
     seed: int
     log_every: int
     checkpoint_every: int
@@ -99,6 +100,7 @@ class LDMTraining:
     optimizer: torch.optim.Adam
     lr_schedule: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts
     scheduler: Any
+    precision: str  # the forward's ``runtime.autocast`` (config ``ldm.train.precision``)
 
     @classmethod
     def build(cls, cfg: LDMTrainConfig, dist_info: runtime.Distributed) -> LDMTraining:
@@ -122,14 +124,14 @@ class LDMTraining:
             ids = [dist_info.local_rank] if device.type == "cuda" else None
             model = DistributedDataParallel(unet, device_ids=ids)
         scheduler = admis_ddpm_scheduler(cfg.num_train_timesteps)
-        return cls(unet, model, ema, optimizer, lr_schedule, scheduler)
+        return cls(unet, model, ema, optimizer, lr_schedule, scheduler, cfg.precision)
 
     def step(self, batch: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
         """One step on ``batch`` = (latents, contexts, noise, timesteps, context dropped), on
         the model's device; ``step`` counts the steps done before it. Returns the ε-MSE."""
         latents, contexts, noise, timesteps, dropped = batch
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        with runtime.autocast(latents.device):
+        with runtime.autocast(latents.device, self.precision):
             predicted = self.model(noisy, timesteps, contexts, dropout_mask=dropped)
         loss = F.mse_loss(predicted.float(), noise)
         self.optimizer.zero_grad(set_to_none=True)
