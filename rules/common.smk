@@ -62,10 +62,15 @@ def settings(value):
 
 
 def launcher(section):
-    """One process per GPU through torchrun when a job gets several; plain synface otherwise."""
+    """One process per GPU through torchrun when a job gets several, on GPUs no other running
+    job holds (``synface gpu-slots`` sets CUDA_VISIBLE_DEVICES before torchrun starts); plain
+    synface otherwise, which takes its one GPU itself."""
     gpus = config[section]["gpus"]
     if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus} --module synface.cli"
+        return (
+            f"synface gpu-slots --count {gpus} -- "
+            f"torchrun --standalone --nproc-per-node {gpus} --module synface.cli"
+        )
     return "synface"
 
 

@@ -385,6 +385,18 @@ def add_set_manifest(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def run_gpu_slots(args: argparse.Namespace) -> None:
+    from synface.gpu_slots import run_with_slots
+
+    command = args.child[1:] if args.child[:1] == ["--"] else args.child
+    run_with_slots(args.count, command)
+
+
+def add_gpu_slots(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--count", type=int, required=True, help="GPUs the command needs")
+    sub.add_argument("child", nargs=argparse.REMAINDER, help="-- the command and its arguments")
+
+
 def add_results_table(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--row", type=_named_path, action="append", required=True, dest="evaluations")
     sub.add_argument("--markdown", type=Path, required=True)
@@ -480,6 +492,12 @@ COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
         "a synthetic set's manifest (oversampled)",
     ),
     ("results-table", run_results_table, add_results_table, "the paper-style results table"),
+    (
+        "gpu-slots",
+        run_gpu_slots,
+        add_gpu_slots,
+        "run a command on GPUs no other running job holds (CUDA_VISIBLE_DEVICES)",
+    ),
 )
 
 
