@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,28 @@ def _place(out_dir: Path, identity: int) -> None:
         os.replace(_temp_folder(out_dir, identity), folder)
 
 
+def _write_faces(
+    out_dir: Path,
+    chunk: list[tuple[int, int]],
+    faces: torch.Tensor,
+    written: dict[int, int],
+    images_per_identity: int,
+    face_size: int,
+    antialias: bool,
+) -> None:
+    """Resize and write one batch's PNGs; move each identity into place once all its images
+    are there (``written`` counts them across batches)."""
+    for (identity, k), face in zip(
+        chunk, resize_faces(faces[: len(chunk)], face_size, antialias), strict=True
+    ):
+        temp = _temp_folder(out_dir, identity)
+        temp.mkdir(parents=True, exist_ok=True)
+        write_png(face, str(temp / f"{k:03d}.png"))
+        written[identity] += 1
+        if written[identity] == images_per_identity:
+            _place(out_dir, identity)
+
+
 def _generate(
     generator: FaceGenerator,
     contexts: torch.Tensor,
@@ -222,31 +245,36 @@ def _generate(
     face_size: int,
     out_dir: Path,
 ) -> int:
-    """Write the faces of ``pending`` identities; returns the number of images."""
+    """Write the faces of ``pending`` identities; returns the number of images.
+
+    A writer thread resizes, encodes and writes batch n while batch n + 1 is sampled; one batch
+    at most waits for it, and its errors surface at the next batch (or at the end).
+    """
     jobs = [(i, k) for i in pending for k in range(images_per_identity)]
     written = dict.fromkeys(pending, 0)
-    for start in range(0, len(jobs), settings.batch_size):
-        chunk = jobs[start : start + settings.batch_size]
-        padded = pad_jobs(chunk)
-        faces = generator.faces(
-            contexts[[i for i, _ in padded]],
-            padded,
-            settings.seed,
-            steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            eta=settings.eta,
-            sampler=settings.sampler,
-        )
-        for (identity, k), face in zip(
-            chunk, resize_faces(faces[: len(chunk)], face_size, settings.antialias), strict=True
-        ):
-            temp = _temp_folder(out_dir, identity)
-            temp.mkdir(parents=True, exist_ok=True)
-            write_png(face, str(temp / f"{k:03d}.png"))
-            written[identity] += 1
-            if written[identity] == images_per_identity:
-                _place(out_dir, identity)
-        log.info("%d/%d faces", min(start + settings.batch_size, len(jobs)), len(jobs))
+    writing: Future | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="synface-writer") as writer:
+        for start in range(0, len(jobs), settings.batch_size):
+            chunk = jobs[start : start + settings.batch_size]
+            padded = pad_jobs(chunk)
+            faces = generator.faces(
+                contexts[[i for i, _ in padded]],
+                padded,
+                settings.seed,
+                steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                eta=settings.eta,
+                sampler=settings.sampler,
+            )
+            if writing is not None:
+                writing.result()
+            writing = writer.submit(
+                _write_faces, out_dir, chunk, faces, written, images_per_identity, face_size,
+                settings.antialias,
+            )  # fmt: skip
+            log.info("%d/%d faces", min(start + settings.batch_size, len(jobs)), len(jobs))
+        if writing is not None:
+            writing.result()
     return len(jobs)
 
 

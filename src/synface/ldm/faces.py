@@ -39,6 +39,11 @@ class FaceGenerator:
         self.decoder = first_stage.decoder
         self.unet.to(device)
         self.decoder.to(device)
+        if device.type == "cuda":
+            # NHWC, the layout of the GPU's convolution kernels; the CPU keeps NCHW, whose
+            # kernels the byte-identity of synthesis is established for.
+            self.unet.to(memory_format=torch.channels_last)
+            self.decoder.to(memory_format=torch.channels_last)
         self.latent_shape = latent_shape(ldm_spec, first_stage.spec)
         self.scheduler_config = ldm_spec["scheduler"]
         self.device = device
