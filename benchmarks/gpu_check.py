@@ -44,7 +44,12 @@ from synface.demo_world.render import render_face, sample_identity, sample_nuisa
 from synface.ldm.faces import FaceEmbedder, FaceGenerator
 from synface.ldm.identity_check import retrieval
 from synface.packing import pack_tfrecords
-from synface.recognition.data import AugmentConfig, DecodeAugmentCollate, RecordDataset
+from synface.recognition.data import (
+    AugmentConfig,
+    DecodeAugmentCollate,
+    DeviceDecoded,
+    RecordDataset,
+)
 from synface.settings import from_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,17 +167,23 @@ def recognition_row(sizes: Sizes, device: torch.device, scratch: Path) -> Row:
     pack_tfrecords(manifest, scratch / "packed", bench_train.NAME, size, workers=workers)
     records = RecordDataset(scratch / "packed" / f"{bench_train.NAME}.txt", scratch / "packed")
     augment = from_settings(AugmentConfig, {}, "recognition.augment")
-    collate = DecodeAugmentCollate(size, augment)
+    # The trainer's loader: on a GPU, workers read records and the GPU decodes each batch.
+    collate = DecodeAugmentCollate(size, augment, device)
+    on_gpu = device.type == "cuda"
     plain = bench_train.PillowDataset(records, bench_train.pillow_transform(size, augment))
     rates = {}
     for name, dataset, batch, loader_workers, precision, merge in (
-        ("synface", records, sizes.ir_batch, workers, "bf16", collate),
+        ("synface", records, sizes.ir_batch, workers, "bf16", list if on_gpu else collate),
         ("reference", plain, sizes.reference_batch, 1, "fp32", None),
     ):
         model, optimizer = bench_train.build_training(preset, records.num_classes, device, 0)
+        if on_gpu and name == "synface":  # as recognition.train._build
+            model.to(memory_format=torch.channels_last)
         step = bench_train.train_step(model, optimizer, device, precision)
         batches = 2 + sizes.ir_steps
         loader = bench_train.make_loader(dataset, merge, batches, batch, loader_workers, device)
+        if merge is list:
+            loader = DeviceDecoded(loader, collate)
         rates[name] = _peak(
             device, partial(bench_train.rate, loader, 2, sizes.ir_steps, step, device)
         )
