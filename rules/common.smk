@@ -409,7 +409,16 @@ def get_set_shards(wildcards):
 
 
 def get_synthesis_params():
-    keys = ("seed", "sampler", "steps", "guidance_scale", "eta", "antialias", "batch_size")
+    keys = (
+        "seed",
+        "sampler",
+        "steps",
+        "guidance_scale",
+        "eta",
+        "antialias",
+        "batch_size",
+        "compile",
+    )
     return settings({key: config["synthesis"][key] for key in keys})
 
 

@@ -340,3 +340,18 @@ def test_a_failed_write_stops_the_shard(tmp_path: Path, monkeypatch: pytest.Monk
     assert not marker.exists()
     visible = sorted(p.name for p in (tmp_path / "faces").iterdir() if p.name[0] != ".")
     assert visible == [SETTINGS_FILE]
+
+
+def test_compiling_is_a_switch_that_leaves_the_eager_generator_alone() -> None:
+    """``synthesis.compile`` wraps the UNet and decoder in ``torch.compile`` (not run here:
+    compiling the demo UNet takes minutes on a CPU); the record keeps the switch, since
+    compiled kernels may round differently."""
+    generator = FaceGenerator(LDM, FIRST_STAGE, torch.device("cpu"))
+    compiled = generator.compiled()
+    assert isinstance(compiled.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.unet._orig_mod is generator.unet and compiled.device == generator.device
+    assert not isinstance(generator.unet, torch._dynamo.eval_frame.OptimizedModule)
+    settings = SynthesisSettings.from_settings({"compile": True})
+    assert settings.sampling()["compile"] is True
+    assert SynthesisSettings.from_settings({}).compile is False

@@ -69,6 +69,8 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
     sampler: str
     eta: float
     antialias: bool
+    # Compiled kernels round differently (a grey level here and there), so a pool records it.
+    compile: bool
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS or self.steps < 1 or self.batch_size < 1:
@@ -321,6 +323,8 @@ def synthesize_shard(
         len(pending),
     )
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
+    if settings.compile:
+        generator = generator.compiled()
     started = time.perf_counter()
     images = _generate(generator, table, pending, settings, images_per_identity, face_size, out_dir)
     seconds = time.perf_counter() - started
