@@ -20,6 +20,7 @@ however it ends (exit, exception, SIGKILL) and no stale file ever needs deleting
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -67,8 +68,10 @@ def lock_dir() -> Path:
     folder = Path(configured) if configured else Path(tempfile.gettempdir()) / "synface-gpu-slots"
     if not configured and not folder.is_dir():
         folder.mkdir(exist_ok=True)
-        # Every user's jobs take locks here; sticky, so none can delete another's files.
-        os.chmod(folder, 0o1777)
+        # Every user's jobs take locks here; sticky, so none can delete another's files. (Only
+        # the owner may chmod: another user's job that raced to create it leaves it be.)
+        with contextlib.suppress(PermissionError):
+            os.chmod(folder, 0o1777)
     if os.environ.get("SLURM_JOB_ID"):
         folder = folder / f"slurm-{os.environ['SLURM_JOB_ID']}"
     folder.mkdir(parents=True, exist_ok=True)
