@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import yaml
 from common import TRAIN_NUISANCE, render_faces, scratch_dir
+from torch.profiler import ProfilerActivity
 
 from synface import runtime
 from synface.demo_world.render import render_face, sample_identity, sample_nuisance
@@ -82,6 +83,7 @@ class Sizes:
     reference_batch: int  # the training references' batch (64 in both references)
     check_contexts: int
     check_samples: int
+    profile: bool = False  # synface's runs under torch.profiler, top kernels printed
 
 
 PAPER = Sizes("paper", 20, 50, 50, 500, 256, 20, 256, 30, 4000, 64, 50, 10)
@@ -100,14 +102,25 @@ class Row:
     mfu: float | None
 
 
-def _peak(device: torch.device, run: Callable[[], float]) -> tuple[float, float | None]:
-    """(what ``run`` returns, peak GPU memory in MiB while it ran; None on the CPU)."""
-    if device.type != "cuda":
-        return run(), None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    value = run()
-    return value, torch.cuda.max_memory_allocated(device) / 2**20
+def _peak(
+    device: torch.device, run: Callable[[], float], profile: str = ""
+) -> tuple[float, float | None]:
+    """(what ``run`` returns, peak GPU memory in MiB while it ran; None on the CPU). With a
+    ``profile`` title, ``run`` goes under torch.profiler and its top kernels are printed."""
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    if profile:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with torch.profiler.profile(activities=activities) as profiler:
+            value = run()
+        order = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+        print(f"\n{profile}: top kernels (the table's figures include the profiler's cost)")
+        print(profiler.key_averages().table(sort_by=order, row_limit=12))
+    else:
+        value = run()
+    return value, torch.cuda.max_memory_allocated(device) / 2**20 if gpu else None
 
 
 def _mfu(device: torch.device, sizes: Sizes, work: str, rate: float) -> float | None:
@@ -134,7 +147,11 @@ def synthesis_row(sizes: Sizes, cfg: dict[str, Any], device: torch.device, scrat
     reference = replace(work, contexts=work.contexts[: max(1, sizes.ids // 5)])
     warmup = replace(work, contexts=work.contexts[:1], steps=2)
     bench_sampling._fast_path(warmup, scratch / "warmup")  # cuDNN autotuning, first allocations
-    fast, fast_mb = _peak(device, lambda: bench_sampling._fast_path(work, scratch / "fast"))
+    fast, fast_mb = _peak(
+        device,
+        lambda: bench_sampling._fast_path(work, scratch / "fast"),
+        "synthesis" if sizes.profile else "",
+    )
     ref, ref_mb = _peak(
         device, lambda: bench_sampling._reference_path(reference, scratch / "ref", device)
     )
@@ -144,7 +161,11 @@ def synthesis_row(sizes: Sizes, cfg: dict[str, Any], device: torch.device, scrat
 
 def ldm_row(sizes: Sizes, cfg: dict[str, Any], device: torch.device) -> Row:
     """``LDMTraining.step`` at the per-GPU batch against IDiff-Face's fp16 AMP step at 64."""
-    fast = bench_ldm.training_rate(cfg, sizes.ldm_batch, sizes.ldm_steps, device)
+    fast, _ = _peak(
+        device,
+        partial(bench_ldm.training_rate, cfg, sizes.ldm_batch, sizes.ldm_steps, device),
+        "LDM training" if sizes.profile else "",
+    )
     ref = bench_ldm.reference_training_rate(cfg, sizes.reference_batch, sizes.ldm_steps, device)
     gpu = device.type == "cuda"
     return Row(
@@ -184,9 +205,9 @@ def recognition_row(sizes: Sizes, device: torch.device, scratch: Path) -> Row:
         loader = bench_train.make_loader(dataset, merge, batches, batch, loader_workers, device)
         if merge is list:
             loader = DeviceDecoded(loader, collate)
-        rates[name] = _peak(
-            device, partial(bench_train.rate, loader, 2, sizes.ir_steps, step, device)
-        )
+        profile = "IR training" if sizes.profile and name == "synface" else ""
+        run = partial(bench_train.rate, loader, 2, sizes.ir_steps, step, device)
+        rates[name] = _peak(device, run, profile)
         del model, optimizer
     records.reader.close()
     (fast, fast_mb), (ref, ref_mb) = rates["synface"], rates["reference"]
@@ -279,12 +300,15 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny models and counts (any CPU)")
     parser.add_argument("--out", type=Path, help="write every figure here as JSON")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--profile", action="store_true", help="print synface's top kernels (slows the runs)"
+    )
     args = parser.parse_args()
     runtime.set_threads(args.threads)
     device = runtime.pick_device()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    sizes = TINY if args.tiny else PAPER
+    sizes = replace(TINY if args.tiny else PAPER, profile=args.profile)
     cfg = yaml.safe_load(bench_sampling.CONFIGS[sizes.config].read_text())
     with scratch_dir() as scratch:
         rows = [
