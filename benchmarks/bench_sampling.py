@@ -124,7 +124,8 @@ def _fast_path(work: Workload, out: Path) -> float:
 
 
 def _reference_path(work: Workload, out: Path, device: torch.device) -> float:
-    """Images/s of ADMIS's loop: one identity per batch, fp32, no_grad, matmul attention."""
+    """Images/s of ADMIS's loop: one identity per batch, fp32, no_grad, matmul attention, the
+    latents copied to the host every step."""
     unet, ldm_spec = load_ldm(work.checkpoint)
     unet.set_attention_backend("matmul")
     unet.to(device)
@@ -140,8 +141,11 @@ def _reference_path(work: Workload, out: Path, device: torch.device) -> float:
             x = torch.stack([image_noise(SEED, identity, n, shape) for n in range(k)]).to(device)
             contexts = torch.from_numpy(context).to(device).repeat(k, 1)
             scheduler.set_timesteps(work.steps, device=device)
+            # ADMIS keeps each step's latents on the host: a host sync per step on CUDA.
+            trajectory = []
             for t in scheduler.timesteps:
                 x = scheduler.step(unet(x, t, contexts), t, x, eta=0.0).prev_sample
+                trajectory.append(x.cpu())
             images = (decoder(x).clamp(-1, 1) + 1) / 2
             if images.shape[-1] != work.face_size:
                 images = F.interpolate(images, size=[work.face_size] * 2, mode="bilinear")

@@ -164,14 +164,32 @@ def rate(
 
 
 def train_step(
-    model: RecognitionModel, optimizer: torch.optim.Optimizer, device: torch.device
+    model: RecognitionModel,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    precision: str = "bf16",
 ) -> Callable[[Batch], None]:
     """One step of synface.recognition.train, its own `recognition_train_step`."""
 
     def step(batch: Batch) -> None:
-        recognition_train_step(model, optimizer, batch[0], batch[1], device, "bf16")
+        recognition_train_step(model, optimizer, batch[0], batch[1], device, precision)
 
     return step
+
+
+def build_training(
+    preset: Preset, classes: int, device: torch.device, seed: int
+) -> tuple[RecognitionModel, torch.optim.Optimizer]:
+    """The preset's IR backbone + ArcFace on ``device`` with the recipe's SGD."""
+    torch.manual_seed(seed)
+    size = preset.image_size
+    backbone = build_model(
+        "tface_ir", depth=preset.depth, input_size=size, channels=preset.channels
+    )
+    model = RecognitionModel(backbone, ArcFaceHead(EMBEDDING_SIZE, classes)).to(device).train()
+    # The recipe's optimiser (config/*.yaml recognition.train).
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    return model, optimizer
 
 
 def parse_args() -> argparse.Namespace:
@@ -215,14 +233,7 @@ def main() -> None:
         pack_tfrecords(manifest, scratch / "packed", NAME, size, workers=args.threads)
         records = RecordDataset(scratch / "packed" / f"{NAME}.txt", scratch / "packed")
 
-        torch.manual_seed(args.seed)
-        backbone = build_model(
-            "tface_ir", depth=preset.depth, input_size=size, channels=preset.channels
-        )
-        head = ArcFaceHead(EMBEDDING_SIZE, records.num_classes)
-        model = RecognitionModel(backbone, head).to(device).train()
-        # The recipe's optimiser (config/*.yaml recognition.train).
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        model, optimizer = build_training(preset, records.num_classes, device, args.seed)
         step = train_step(model, optimizer, device)
         fixed = (
             torch.rand(args.batch_size, 3, size, size, device=device) * 2 - 1,

@@ -79,16 +79,15 @@ def settings(value):
 
 
 def launcher(section):
-    """One process per GPU through torchrun when a job gets several; plain synface otherwise."""
+    """One process per GPU through torchrun when a job gets several, on GPUs no other running
+    job holds (``synface gpu-slots`` sets CUDA_VISIBLE_DEVICES before torchrun starts); plain
+    synface otherwise, which takes its one GPU itself."""
     gpus = config[section]["gpus"]
     if gpus > 1:
         return [
-            "torchrun",
-            "--standalone",
-            "--nproc-per-node",
-            str(gpus),
-            "--module",
-            "synface.cli",
+            *("synface", "gpu-slots", "--count", str(gpus), "--"),
+            *("torchrun", "--standalone", "--nproc-per-node", str(gpus)),
+            *("--module", "synface.cli"),
         ]
     return ["synface"]
 
@@ -546,7 +545,16 @@ def get_synthesize_runtime(wildcards):
 
 
 def get_synthesis_params():
-    keys = ("seed", "sampler", "steps", "guidance_scale", "eta", "antialias", "batch_size")
+    keys = (
+        "seed",
+        "sampler",
+        "steps",
+        "guidance_scale",
+        "eta",
+        "antialias",
+        "batch_size",
+        "compile",
+    )
     return settings({key: config["synthesis"][key] for key in keys})
 
 

@@ -27,7 +27,7 @@ from synface.embeddings import export_onnx, extract_embeddings
 from synface.ldm.ema import EMA
 from synface.ldm.first_stage import AutoencoderTrainConfig, FirstStageSpec, train_autoencoder
 from synface.ldm.identity_check import IdentityCheckSettings, check_identity, retrieval
-from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, LatentCache
+from synface.ldm.latents import CONTEXTS_FILE, LATENTS_FILE, DeviceCache, LatentCache
 from synface.ldm.sampling import image_noise, make_sampler, sample_latents
 from synface.ldm.train import LDMTrainConfig, train_ldm
 from synface.models import build_model
@@ -225,6 +225,19 @@ def test_a_latent_cache_with_mismatched_files_is_refused(tmp_path: Path) -> None
     np.save(cache / CONTEXTS_FILE, np.zeros((3, 512), np.float32))
     with pytest.raises(ValueError, match="rerun encode_latents"):
         LatentCache.open(cache)
+
+
+def test_the_cache_held_on_a_device_gives_the_same_batches(tmp_path: Path) -> None:
+    """On a GPU the trainer gathers batches from the cache in device memory: the same values
+    as from the memory map (checked on the CPU device; the CPU itself keeps the map)."""
+    cache = LatentCache.open(_tiny_cache(tmp_path / "cache", n=6))
+    assert cache.on_device(torch.device("cpu")) is cache
+    held = DeviceCache.load(cache, torch.device("cpu"))
+    indices, mirrored = torch.tensor([5, 0, 5, 2]), torch.tensor([True, False, False, True])
+    pairs = zip(held.batch(indices, mirrored), cache.batch(indices, mirrored), strict=True)
+    for got, expected in pairs:
+        assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert len(held) == len(cache) == 6
 
 
 def test_the_shipped_demo_weights_know_their_identity(tmp_path: Path) -> None:

@@ -10,12 +10,14 @@ from conftest import write_toy_dataset
 from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as tvf
 
+from synface import runtime
 from synface.checkpoint import load
 from synface.packing import pack_tfrecords
 from synface.recognition import train as train_module
 from synface.recognition.data import (
     AugmentConfig,
     DecodeAugmentCollate,
+    DeviceDecoded,
     GlobalBatchSampler,
     RecordDataset,
 )
@@ -91,6 +93,23 @@ def test_every_world_size_sees_the_same_global_batches() -> None:
 def test_a_batch_larger_than_the_dataset_is_refused() -> None:
     with pytest.raises(ValueError, match="global_batch_size"):
         GlobalBatchSampler(10, 12, rank=0, world_size=1, seed=0)
+
+
+def test_the_gpu_loader_decodes_in_the_main_process_to_the_same_batches(packed: Path) -> None:
+    """On a GPU the workers only read records and the GPU decodes and augments each batch
+    (``DeviceDecoded``); run on the CPU, that path gives the CPU loader's batches exactly."""
+    dataset = RecordDataset(packed / "TFR-toy.txt", packed)
+    cfg = RecognitionTrainConfig.from_settings({**TINY, "augment": {"flip_p": 0.5, "crop_p": 0.7}})
+    cuda = train_module._loader(dataset, cfg, runtime.Distributed(0, 1, 0, torch.device("cuda")))
+    assert isinstance(cuda, DeviceDecoded) and cuda.collate.device == torch.device("cuda")
+    plain = train_module._loader(dataset, cfg, runtime.Distributed(0, 1, 0, torch.device("cpu")))
+    on_cpu = DeviceDecoded(cuda.loader, plain.collate_fn)
+    assert len(on_cpu) == len(plain) > 1
+    for epoch in (0, 1):
+        plain.batch_sampler.set_epoch(epoch)
+        on_cpu.batch_sampler.set_epoch(epoch)
+        for (images, labels), (expected, expected_labels) in zip(on_cpu, plain, strict=True):
+            assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
 
 
 def test_collate_gives_normalised_batches(packed: Path) -> None:

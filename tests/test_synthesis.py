@@ -323,3 +323,35 @@ def test_antialias_off_gives_admis_plain_bilinear_resize(tmp_path: Path) -> None
         assert np.abs(small.numpy().astype(int) - _pil_bilinear(full, 24)).max() > 1
     recorded = json.loads((tmp_path / "24" / SETTINGS_FILE).read_text())
     assert recorded["antialias"] is False
+
+
+def test_a_failed_write_stops_the_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faces are written by a writer thread while the next batch samples: its error (a full
+    disk) must end the shard like an error of the loop itself, with no done marker."""
+    marker = tmp_path / "shards" / "0-3.json"
+
+    def full_disk(face: torch.Tensor, path: str) -> None:
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(synthesis, "write_png", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _synthesize(tmp_path / "faces", range(3), images_per_identity=1, steps=2, batch_size=1,
+                    done_marker=marker)  # fmt: skip
+    assert not marker.exists()
+    visible = sorted(p.name for p in (tmp_path / "faces").iterdir() if p.name[0] != ".")
+    assert visible == [SETTINGS_FILE]
+
+
+def test_compiling_is_a_switch_that_leaves_the_eager_generator_alone() -> None:
+    """``synthesis.compile`` wraps the UNet and decoder in ``torch.compile`` (not run here:
+    compiling the demo UNet takes minutes on a CPU); the record keeps the switch, since
+    compiled kernels may round differently."""
+    generator = FaceGenerator(LDM, FIRST_STAGE, torch.device("cpu"))
+    compiled = generator.compiled()
+    assert isinstance(compiled.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(compiled.decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.unet._orig_mod is generator.unet and compiled.device == generator.device
+    assert not isinstance(generator.unet, torch._dynamo.eval_frame.OptimizedModule)
+    settings = SynthesisSettings.from_settings({"compile": True})
+    assert settings.sampling()["compile"] is True
+    assert SynthesisSettings.from_settings({}).compile is False

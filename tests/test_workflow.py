@@ -191,7 +191,9 @@ def test_the_paper_scale_30k_run_plans_few_jobs(tmp_path: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "demo_world" not in output
-    assert "torchrun --standalone --nproc-per-node 8 --module synface.cli" in output
+    # The GPU training jobs take their 8 GPUs as slots before torchrun starts.
+    launcher = "synface gpu-slots --count 8 -- torchrun --standalone --nproc-per-node 8"
+    assert launcher in output
     jobs = {
         line.split()[0]: int(line.split()[1])
         for line in output.split("Job stats:")[1].split("total")[0].splitlines()[3:]

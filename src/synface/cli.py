@@ -577,6 +577,19 @@ def add_set_manifest(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def run_gpu_slots(args: argparse.Namespace) -> None:
+    from synface.gpu_slots import run_with_slots
+
+    command = args.child[1:] if args.child[:1] == ["--"] else args.child
+    run_with_slots(args.count, command)
+
+
+def add_gpu_slots(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--count", type=int, required=True, help="how many GPUs the command needs")
+    help = "-- then the command and its arguments, run with CUDA_VISIBLE_DEVICES set to its GPUs"
+    sub.add_argument("child", nargs=argparse.REMAINDER, help=help)
+
+
 def add_results_table(sub: argparse.ArgumentParser) -> None:
     help = "a table row: its title and the evaluate JSON; repeat for each row, in order"
     _named_paths(sub, "--row", "evaluations", "LABEL=PATH", help)
@@ -730,6 +743,12 @@ COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
     ("plot-samples", run_plot_samples, add_plot_samples, "a synthetic set's sample grid"),
     ("plot-contexts", run_plot_contexts, add_plot_contexts, "selected and dropped contexts"),
     ("plot-previews", run_plot_previews, add_plot_previews, "the LDM's previews over training"),
+    (
+        "gpu-slots",
+        run_gpu_slots,
+        add_gpu_slots,
+        "run a command on GPUs no other running job holds (CUDA_VISIBLE_DEVICES)",
+    ),
 )
 
 

@@ -201,7 +201,9 @@ def _extraction_session(onnx_model: Path, threads: int) -> Any:
     if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
         # onnxruntime-gpu loads cuDNN/cuBLAS from the nvidia wheels torch also uses.
         ort.preload_dlls()
-        providers.insert(0, "CUDAExecutionProvider")
+        # The GPU slot this job holds, so concurrent extraction jobs use different GPUs.
+        device = {"device_id": runtime.pick_device().index}
+        providers.insert(0, ("CUDAExecutionProvider", device))
     session = ort.InferenceSession(str(onnx_model), _session_options(threads), providers=providers)
     log.info("ONNX Runtime providers for %s: %s", onnx_model, session.get_providers())
     return session

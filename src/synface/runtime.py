@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from synface import gpu_slots
+
 log = logging.getLogger(__name__)
 
 
@@ -58,11 +60,12 @@ def init_distributed() -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if world_size == 1 or not torch.cuda.is_available():
+        device = pick_device()
+    else:
+        # torchrun's processes share the GPUs their launcher was given (``synface gpu-slots``).
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://")
@@ -76,8 +79,14 @@ def shutdown_distributed() -> None:
 
 
 def pick_device() -> torch.device:
-    """The device of a single-process stage: the first GPU when there is one."""
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The device of a single-process stage: a GPU that no other running job holds
+    (``synface.gpu_slots``), so concurrent jobs of a workstation spread over its GPUs; the CPU
+    when there is no GPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", gpu_slots.device_index())
+    torch.cuda.set_device(device)
+    return device
 
 
 PRECISIONS = ("bf16", "fp32")

@@ -31,6 +31,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
     sampler: str
     eta: float
     antialias: bool
+    # Compiled kernels round differently (a grey level here and there), so a pool records it.
+    compile: bool
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS or self.steps < 1 or self.batch_size < 1:
@@ -192,6 +195,28 @@ def _place(out_dir: Path, identity: int) -> None:
         os.replace(_temp_folder(out_dir, identity), folder)
 
 
+def _write_faces(
+    out_dir: Path,
+    chunk: list[tuple[int, int]],
+    faces: torch.Tensor,
+    written: dict[int, int],
+    images_per_identity: int,
+    face_size: int,
+    antialias: bool,
+) -> None:
+    """Resize and write one batch's PNGs; move each identity into place once all its images
+    are there (``written`` counts them across batches)."""
+    for (identity, k), face in zip(
+        chunk, resize_faces(faces[: len(chunk)], face_size, antialias), strict=True
+    ):
+        temp = _temp_folder(out_dir, identity)
+        temp.mkdir(parents=True, exist_ok=True)
+        write_png(face, str(temp / f"{k:03d}.png"))
+        written[identity] += 1
+        if written[identity] == images_per_identity:
+            _place(out_dir, identity)
+
+
 def _generate(
     generator: FaceGenerator,
     contexts: torch.Tensor,
@@ -201,32 +226,37 @@ def _generate(
     face_size: int,
     out_dir: Path,
 ) -> int:
-    """Write the faces of ``pending`` identities; returns the number of images."""
+    """Write the faces of ``pending`` identities; returns the number of images.
+
+    A writer thread resizes, encodes and writes batch n while batch n + 1 is sampled; one batch
+    at most waits for it, and its errors surface at the next batch (or at the end).
+    """
     jobs = [(i, k) for i in pending for k in range(images_per_identity)]
     written = dict.fromkeys(pending, 0)
+    writing: Future | None = None
     bar = progress(len(jobs), "synthesize", settings.batch_size, unit="faces")
-    for start in range(0, len(jobs), settings.batch_size):
-        chunk = jobs[start : start + settings.batch_size]
-        padded = pad_jobs(chunk)
-        faces = generator.faces(
-            contexts[[i for i, _ in padded]],
-            padded,
-            settings.seed,
-            steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            eta=settings.eta,
-            sampler=settings.sampler,
-        )
-        for (identity, k), face in zip(
-            chunk, resize_faces(faces[: len(chunk)], face_size, settings.antialias), strict=True
-        ):
-            temp = _temp_folder(out_dir, identity)
-            temp.mkdir(parents=True, exist_ok=True)
-            write_png(face, str(temp / f"{k:03d}.png"))
-            written[identity] += 1
-            if written[identity] == images_per_identity:
-                _place(out_dir, identity)
-        bar.update(len(chunk))
+    with ThreadPoolExecutor(1, thread_name_prefix="synface-writer") as writer:
+        for start in range(0, len(jobs), settings.batch_size):
+            chunk = jobs[start : start + settings.batch_size]
+            padded = pad_jobs(chunk)
+            faces = generator.faces(
+                contexts[[i for i, _ in padded]],
+                padded,
+                settings.seed,
+                steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                eta=settings.eta,
+                sampler=settings.sampler,
+            )
+            if writing is not None:
+                writing.result()
+            writing = writer.submit(
+                _write_faces, out_dir, chunk, faces, written, images_per_identity, face_size,
+                settings.antialias,
+            )  # fmt: skip
+            bar.update(len(chunk))
+        if writing is not None:
+            writing.result()
     bar.close()
     return len(jobs)
 
@@ -274,6 +304,8 @@ def synthesize_shard(
         len(pending),
     )
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
+    if settings.compile:
+        generator = generator.compiled()
     started = time.perf_counter()
     images = _generate(generator, table, pending, settings, images_per_identity, face_size, out_dir)
     seconds = time.perf_counter() - started

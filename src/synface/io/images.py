@@ -150,13 +150,13 @@ def read_rgb(path: Path) -> torch.Tensor:
     return decode_rgb(read_bytes(path), str(path))
 
 
-def decode_batch(jpegs: Sequence[bytes]) -> list[torch.Tensor]:
-    """Decode JPEGs to RGB uint8 CHW tensors in one call (nvJPEG on a GPU).
+def decode_batch(jpegs: Sequence[bytes], device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Decode JPEGs to RGB uint8 CHW tensors on ``device`` in one call (nvJPEG on a GPU).
 
     Only for records that packing checked with this module: training decodes millions of them.
     """
     data = [torch.frombuffer(bytearray(jpeg), dtype=torch.uint8) for jpeg in jpegs]
-    return decode_jpeg(data, mode=ImageReadMode.RGB)
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 def _png_needed_bytes(width: int, height: int, depth: int, colour: int, interlaced: bool) -> int:

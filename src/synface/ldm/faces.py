@@ -7,6 +7,7 @@ noise is ``image_noise(seed, i, k)``, so any batching of (i, k) jobs gives the s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,11 @@ class FaceGenerator:
         self.decoder = first_stage.decoder
         self.unet.to(device)
         self.decoder.to(device)
+        if device.type == "cuda":
+            # NHWC, the layout of the GPU's convolution kernels; the CPU keeps NCHW, whose
+            # kernels the byte-identity of synthesis is established for.
+            self.unet.to(memory_format=torch.channels_last)
+            self.decoder.to(memory_format=torch.channels_last)
         self.latent_shape = latent_shape(ldm_spec, first_stage.spec)
         self.scheduler_config = ldm_spec["scheduler"]
         self.device = device
@@ -47,6 +53,16 @@ class FaceGenerator:
     def for_stage(cls, ldm_checkpoint: Path, first_stage_dir: Path, threads: int) -> FaceGenerator:
         """The generator a stage samples with, after the shared prelude (``stage_device``)."""
         return cls(ldm_checkpoint, first_stage_dir, stage_device(threads))
+
+    def compiled(self) -> FaceGenerator:
+        """This generator with its UNet and decoder under ``torch.compile`` (this one is left
+        eager). Shapes are static within a shard, so each compiles once per batch size; on a
+        2-core CPU the demo UNet took 6 minutes to compile, and its faces differed from eager
+        ones in one value of 49k by one grey level."""
+        compiled = copy.copy(self)
+        compiled.unet = torch.compile(self.unet, dynamic=False)
+        compiled.decoder = torch.compile(self.decoder, dynamic=False)
+        return compiled
 
     @torch.inference_mode()
     def faces(

@@ -122,11 +122,14 @@ def sample_latents(
 ) -> torch.Tensor:
     """Denoise ``noise`` (B, C, h, w) under ``contexts`` (B, D), or unconditionally if None."""
     device = noise.device
-    scheduler.set_timesteps(steps, device=device)
+    # The schedule stays on the host: the scheduler's arithmetic then reads host scalars only,
+    # and no step waits for the GPU (a device timestep made each step sync on it).
+    scheduler.set_timesteps(steps)
     x = noise
     batch = x.shape[0]
     guided = contexts is not None and guidance_scale != 1.0
-    for t in scheduler.timesteps:
+    for step in scheduler.timesteps:
+        t = step.to(device, non_blocking=True)
         with _unet_precision(scheduler, device):
             if contexts is None:
                 eps = unet(x, t)
@@ -138,7 +141,7 @@ def sample_latents(
             else:
                 eps = unet(x, t, contexts)
         kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
-        x = scheduler.step(eps.float(), t, x, **kwargs).prev_sample
+        x = scheduler.step(eps.float(), step, x, **kwargs).prev_sample
     return x
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as tvf
 
@@ -76,16 +76,21 @@ class DecodeAugmentCollate:
     not of the worker count or of where a run was resumed, and the caller's RNG is untouched.
     """
 
-    def __init__(self, image_size: int, augment: AugmentConfig) -> None:
+    def __init__(
+        self, image_size: int, augment: AugmentConfig, device: torch.device | str = "cpu"
+    ) -> None:
         self.image_size = image_size
         self.augment = augment
+        # Where images are decoded and augmented: a GPU only in the main process
+        # (``DeviceDecoded``); the random draws stay on the CPU generator either way.
+        self.device = torch.device(device)
 
     def __call__(self, batch: list[tuple[bytes, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         jpegs, labels, seeds = zip(*batch, strict=True)
         images = []
         # One save and restore of the caller's RNG state per batch, not per image.
         with torch.random.fork_rng(devices=[]):
-            for image, seed in zip(decode_batch(jpegs), seeds, strict=True):
+            for image, seed in zip(decode_batch(jpegs, self.device), seeds, strict=True):
                 if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
                     raise ValueError(
                         f"a record decodes to {tuple(image.shape[-2:])} but the model expects "
@@ -112,6 +117,30 @@ class DecodeAugmentCollate:
             )
             image = tvf.resized_crop(image, *box, [self.image_size] * 2, antialias=True)
         return image
+
+
+class DeviceDecoded:
+    """A loader whose workers only read records, its batches decoded and augmented by
+    ``collate`` on the GPU in the main process: nvJPEG decodes a whole batch in one call, where
+    CPU workers rarely keep up with an IR-50 on a GPU (≈ 8,000 images/s at 40 % MFU).
+
+    ``loader`` must hand its batches over undecoded (``collate_fn=list``). Iterates, sizes and
+    exposes ``batch_sampler`` as a DataLoader does, so the training loop takes either.
+    """
+
+    def __init__(self, loader: DataLoader, collate: DecodeAugmentCollate) -> None:
+        self.loader = loader
+        self.collate = collate
+
+    @property
+    def batch_sampler(self) -> Sampler:
+        return self.loader.batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return (self.collate(batch) for batch in self.loader)
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):

@@ -32,6 +32,7 @@ from synface.progress import Progress, progress
 from synface.recognition.data import (
     AugmentConfig,
     DecodeAugmentCollate,
+    DeviceDecoded,
     GlobalBatchSampler,
     RecordDataset,
 )
@@ -165,7 +166,9 @@ def recognition_train_step(
     """One SGD step on a batch: forward under ``precision`` (``runtime.autocast``; the head
     computes in fp32), cross-entropy of the margined logits. Returns the loss and the head's
     output."""
-    images = images.to(device, non_blocking=True)
+    # NHWC on a GPU, the layout of its convolution kernels (``_build`` converts the model).
+    layout = torch.channels_last if device.type == "cuda" else torch.preserve_format
+    images = images.to(device, non_blocking=True, memory_format=layout)
     labels = labels.to(device, non_blocking=True)
     with runtime.autocast(device, precision):
         output = model(images, labels)
@@ -230,7 +233,10 @@ def _limit_worker_threads(_: int) -> None:
 
 def _loader(
     dataset: RecordDataset, cfg: RecognitionTrainConfig, dist_info: runtime.Distributed
-) -> DataLoader:
+) -> DataLoader | DeviceDecoded:
+    """Workers decode and augment on the CPU; on a GPU they only read, and the GPU decodes."""
+    on_gpu = dist_info.device.type == "cuda"
+    collate = DecodeAugmentCollate(cfg.image_size, cfg.augment, dist_info.device)
     sampler = GlobalBatchSampler(
         len(dataset),
         cfg.train.global_batch_size,
@@ -238,15 +244,15 @@ def _loader(
         dist_info.world_size,
         cfg.train.seed,
     )
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=DecodeAugmentCollate(cfg.image_size, cfg.augment),
+        collate_fn=list if on_gpu else collate,
         num_workers=cfg.train.num_workers,
         worker_init_fn=_limit_worker_threads,
-        pin_memory=dist_info.device.type == "cuda",
         persistent_workers=cfg.train.num_workers > 0,
     )
+    return DeviceDecoded(loader, collate) if on_gpu else loader
 
 
 def _build(
@@ -267,6 +273,10 @@ def _build(
         momentum=recipe.momentum,
         weight_decay=recipe.weight_decay,
     )
+    if dist_info.device.type == "cuda":
+        # Fixed input shapes: cuDNN's autotuner picks each convolution's fastest kernel once.
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
     trained: nn.Module = model
     if dist_info.enabled:
         on_gpu = dist_info.device.type == "cuda"
@@ -344,7 +354,7 @@ def train_recognition(
 
 def _train_epoch(
     run: _Run,
-    loader: DataLoader,
+    loader: DataLoader | DeviceDecoded,
     epoch: int,
     global_step: int,
     loss_log: checkpoint.LossLog | None,
