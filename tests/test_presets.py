@@ -23,7 +23,7 @@ EXPECTED = {
         '"antialias":false',
         '"sampler":"ddim_admis"',
         "pools/selected-49/",  # 49 synthetic + 5 context copies
-        "--face-size 112 --out-dir results/contexts/candidates",  # the whole frame resized
+        "--face-size 112 --first 0 --last 500",  # the whole frame resized
     ],
     "plus": [
         '"precision":"bf16","seed"',
@@ -33,7 +33,7 @@ EXPECTED = {
         '"antialias":true',
         '"sampler":"ddim"',
         "pools/selected-50/",
-        """--align '{"min_confidence":0.9,"min_face":40}' --out-dir results/contexts/candidates""",
+        """--align '{"min_confidence":0.9,"min_face":40}' --first 0 --last 500""",
     ],
 }
 
