@@ -186,9 +186,11 @@ def test_unconditional_contexts_with_align_pass_the_settings(tmp_path, generator
     (tmp_path / "resources/ffhq-ddpm").mkdir(parents=True)
     contexts = {"generator": generator, "model_dir": "resources/ffhq-ddpm", "align": True}
     output = _plan(tmp_path, ["synthetic_sets"], {"contexts": contexts})
-    (candidates,) = [c for c in _commands(output, "make-contexts") if "uniform" not in c]
-    assert f"--source {generator} " in candidates
-    assert """--align '{"min_confidence":0.9,"min_face":40}'""" in candidates
+    shards = [c for c in _commands(output, "make-contexts") if "uniform" not in c]
+    assert len(shards) > 1  # one command per shard of candidates, each aligning its own
+    for candidates in shards:
+        assert f"--source {generator} " in candidates
+        assert """--align '{"min_confidence":0.9,"min_face":40}'""" in candidates
     assert not _commands(output, "align-faces")
 
 

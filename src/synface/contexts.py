@@ -149,10 +149,10 @@ def _write_candidate_shard(
         write_json(journal, {"first": indices.start, "stop": indices.stop})
     aligner = None if align is None else FaceAligner(align, face_size, runtime.pick_device())
     dropped = _write_candidate_faces(make_faces, pending, out_dir, face_size, batch_size, aligner)
-    rejected = [(str(candidate_face(Path(), i)), reason) for i, reason in dropped]
-    write_rejected(out_dir / "rejected" / marker.stem, rejected)
-    if rejected:
-        log.warning("alignment dropped %d of %d candidates", len(rejected), len(pending))
+    if aligner is not None:
+        rejected = [(str(candidate_face(Path(), i)), reason) for i, reason in dropped]
+        write_rejected(out_dir / "rejected" / marker.stem, rejected)
+        log.info("alignment dropped %d of %d candidates", len(rejected), len(pending))
     kept = [i for i in indices if candidate_face(out_dir, i).exists()]
     count = write_manifest(marker, [ManifestEntry(candidate_face(out_dir, i), i) for i in kept])
     journal.unlink()
