@@ -32,7 +32,8 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,9 @@ from torchvision.io import write_png
 
 from synface import __version__
 from synface.io.atomic import write_json
-from synface.ldm.faces import FaceGenerator, resize_faces
+from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
-from synface.ldm.sampling import SAMPLERS, SamplingSettings
+from synface.ldm.sampling import SAMPLERS, Guidance, SamplingSettings
 from synface.models.vq_f4 import DECODER_FILE
 from synface.settings import StageSettings
 
@@ -59,6 +60,12 @@ NORM_TOLERANCE = 1e-3
 
 # Journal suffix: present while a shard runs or after it was interrupted (module docstring).
 JOURNAL_SUFFIX = ".running"
+# Settings of the switches beyond ADMIS, at their "off" values (left out of settings records).
+SWITCHES_OFF = {
+    "negative_scale": 0.0,
+    "unconditional_steps": 0,
+    "filter_threshold": None,
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
     sampler: str
     eta: float
     antialias: bool
+    negative_scale: float
+    unconditional_steps: int
+    filter_threshold: float | None
+    filter_draws_per_image: int
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS or self.steps < 1 or self.batch_size < 1:
@@ -76,16 +87,27 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
                 f"{self.batch_size}: choose one of {', '.join(SAMPLERS)}, steps >= 1 and "
                 "batch_size >= 1"
             )
-        if self.eta != 0:
+        if self.eta != 0 and self.sampler != "ddim":
             raise ValueError(
-                f"synthesis.eta={self.eta}: DDIM's per-step noise for eta > 0 comes from torch's "
-                "global RNG in sample_latents, so faces would depend on how jobs are batched "
-                "(ADMIS samples with eta 0); set eta to 0"
+                f"synthesis.eta={self.eta} with sampler {self.sampler!r}: stochastic steps "
+                "(eta > 0) are implemented for sampler ddim only; set eta to 0 or sampler to ddim"
+            )
+        if not 0 <= self.unconditional_steps < self.steps:
+            raise ValueError(
+                f"synthesis.unconditional_steps={self.unconditional_steps}: choose 0 (off) to "
+                f"{self.steps - 1} (steps - 1), so that the identity steers the last steps"
             )
 
+    def guidance(self) -> Guidance:
+        return Guidance(self.guidance_scale, self.negative_scale, self.unconditional_steps)
+
     def sampling(self) -> dict[str, Any]:
-        """What the pixels depend on (the batch size does not: module docstring)."""
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        """What the pixels depend on (the batch size does not: module docstring). Switches
+        that are off are left out, so pools made before they existed keep their record."""
+        record = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        if self.filter_threshold is None:
+            del record["filter_draws_per_image"]
+        return {k: v for k, v in record.items() if k not in SWITCHES_OFF or v != SWITCHES_OFF[k]}
 
 
 def pad_jobs(jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -213,6 +235,83 @@ def _place(out_dir: Path, identity: int) -> None:
         os.replace(_temp_folder(out_dir, identity), folder)
 
 
+@dataclass
+class _Draws:
+    """One identity's draws under the intra-class filter: slots filled so far, the faces
+    rejected (kept for the fallback) and the next noise index to draw."""
+
+    next_draw: int
+    accepted: int = 0
+    rejected: list[tuple[float, int, torch.Tensor]] = field(default_factory=list)
+
+
+# (faces, jobs) -> each face's cosine to its identity's context.
+Judge = Callable[[torch.Tensor, list[tuple[int, int]]], torch.Tensor]
+
+
+def far_contexts(contexts: torch.Tensor, identities: Sequence[int]) -> dict[int, int]:
+    """The negative context of each identity (NegFaceDiff): the row of the whole contexts
+    table least similar to it. One matrix-vector product per identity, so the choice does not
+    depend on which identities share a shard."""
+    return {i: int((contexts @ contexts[i]).argmin()) for i in identities}
+
+
+def _sample(
+    generator: FaceGenerator,
+    contexts: torch.Tensor,
+    negatives: dict[int, int] | None,
+    chunk: list[tuple[int, int]],
+    settings: SynthesisSettings,
+    face_size: int,
+) -> torch.Tensor:
+    """The resized uint8 faces of ``chunk``'s (i, k) jobs, padded to ``MIN_ROWS`` to sample."""
+    padded = pad_jobs(chunk)
+    far = None if negatives is None else contexts[[negatives[i] for i, _ in padded]]
+    faces = generator.faces(
+        contexts[[i for i, _ in padded]],
+        padded,
+        settings.seed,
+        steps=settings.steps,
+        eta=settings.eta,
+        sampler=settings.sampler,
+        guidance=settings.guidance(),
+        negative_contexts=far,
+    )
+    return resize_faces(faces[: len(chunk)], face_size, settings.antialias)
+
+
+def _write_face(out_dir: Path, identity: int, slot: int, face: torch.Tensor) -> None:
+    temp = _temp_folder(out_dir, identity)
+    temp.mkdir(parents=True, exist_ok=True)
+    write_png(face, str(temp / f"{slot:03d}.png"))
+
+
+def _next_draws(
+    states: dict[int, _Draws], settings: SynthesisSettings, images: int, out_dir: Path
+) -> tuple[list[tuple[int, int]], int]:
+    """(the jobs of the next round, faces kept below τ): each identity short of ``images``
+    draws the next noise indices, as many as it lacks; one out of draws
+    (``filter_draws_per_image`` × ``images``) is filled with its best rejected faces."""
+    jobs, kept_below = [], 0
+    limit = images * settings.filter_draws_per_image
+    for identity, state in states.items():
+        lacking = images - state.accepted
+        if not lacking:
+            continue
+        if state.next_draw >= limit:
+            best = sorted(state.rejected, key=lambda r: (-r[0], r[1]))[:lacking]
+            for slot, (_, _, face) in enumerate(best, start=state.accepted):
+                _write_face(out_dir, identity, slot, face)
+            state.accepted = images
+            kept_below += len(best)
+            _place(out_dir, identity)
+            continue
+        stop = min(state.next_draw + lacking, limit)
+        jobs += [(identity, k) for k in range(state.next_draw, stop)]
+        state.next_draw = stop
+    return jobs, kept_below
+
+
 def _generate(
     generator: FaceGenerator,
     contexts: torch.Tensor,
@@ -221,33 +320,54 @@ def _generate(
     images_per_identity: int,
     face_size: int,
     out_dir: Path,
-) -> int:
-    """Write the faces of ``pending`` identities; returns the number of images."""
+    judge: Judge | None = None,
+) -> dict[str, int]:
+    """Write the faces of ``pending`` identities; returns the counts of faces written, drawn,
+    replaced and kept below τ.
+
+    Without a ``judge`` image k is noise index k. With one (the intra-class filter), a face
+    whose cosine to its identity's context is below ``filter_threshold`` is replaced by the
+    identity's next noise index, so the kept faces are the first ``images_per_identity`` draws
+    that pass, in draw order: a function of (settings, seed, i) whatever the batching."""
+    negatives = far_contexts(contexts, pending) if settings.negative_scale else None
+    states = {i: _Draws(next_draw=images_per_identity) for i in pending}
     jobs = [(i, k) for i in pending for k in range(images_per_identity)]
-    written = dict.fromkeys(pending, 0)
-    for start in range(0, len(jobs), settings.batch_size):
-        chunk = jobs[start : start + settings.batch_size]
-        padded = pad_jobs(chunk)
-        faces = generator.faces(
-            contexts[[i for i, _ in padded]],
-            padded,
-            settings.seed,
-            steps=settings.steps,
-            guidance_scale=settings.guidance_scale,
-            eta=settings.eta,
-            sampler=settings.sampler,
-        )
-        for (identity, k), face in zip(
-            chunk, resize_faces(faces[: len(chunk)], face_size, settings.antialias), strict=True
-        ):
-            temp = _temp_folder(out_dir, identity)
-            temp.mkdir(parents=True, exist_ok=True)
-            write_png(face, str(temp / f"{k:03d}.png"))
-            written[identity] += 1
-            if written[identity] == images_per_identity:
-                _place(out_dir, identity)
-        log.info("%d/%d faces", min(start + settings.batch_size, len(jobs)), len(jobs))
-    return len(jobs)
+    drawn = replaced = kept_below = 0
+    while jobs:
+        for start in range(0, len(jobs), settings.batch_size):
+            chunk = jobs[start : start + settings.batch_size]
+            faces = _sample(generator, contexts, negatives, chunk, settings, face_size)
+            cosines = judge(faces, chunk) if judge else None
+            for row, ((identity, k), face) in enumerate(zip(chunk, faces, strict=True)):
+                state = states[identity]
+                if cosines is not None and cosines[row] < settings.filter_threshold:
+                    state.rejected.append((float(cosines[row]), k, face))
+                    replaced += 1
+                    continue
+                _write_face(out_dir, identity, state.accepted, face)
+                state.accepted += 1
+                if state.accepted == images_per_identity:
+                    _place(out_dir, identity)
+            log.info("%d/%d faces", min(start + settings.batch_size, len(jobs)), len(jobs))
+        drawn += len(jobs)
+        jobs, below = _next_draws(states, settings, images_per_identity, out_dir)
+        kept_below += below
+    images = len(pending) * images_per_identity
+    return {"images": images, "drawn": drawn, "replaced": replaced, "kept_below": kept_below}
+
+
+def context_judge(embedder: FaceEmbedder, contexts: torch.Tensor) -> Judge:
+    """Cosines of faces to their identity's context under the embedding model, embedded in
+    batches of at least ``MIN_ROWS`` (the module docstring's kernel rule) so that a face's
+    cosine, and the filter's decision, do not depend on the batching."""
+
+    def judge(faces: torch.Tensor, jobs: list[tuple[int, int]]) -> torch.Tensor:
+        pad = faces[-1:].expand(max(0, MIN_ROWS - len(faces)), *faces.shape[1:])
+        padded = torch.cat([faces, pad])
+        embeddings = embedder(padded)[: len(faces)]
+        return (embeddings * contexts[[i for i, _ in jobs]]).sum(dim=1)
+
+    return judge
 
 
 def synthesize_shard(
@@ -261,6 +381,7 @@ def synthesize_shard(
     settings: SynthesisSettings,
     threads: int = 1,
     done_marker: Path | None = None,
+    embedding_weights: Path | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/<i:05d>/<k:03d>.png`` for every identity i of ``identities`` (a row of
     ``contexts``) and k < ``images_per_identity``; then a JSON summary to ``done_marker``
@@ -268,7 +389,14 @@ def synthesize_shard(
 
     Faces are decoded, clamped, quantised to uint8 and resized to ``face_size`` when the LDM's
     size differs (128 -> 112 px on real runs), antialiased unless ``settings.antialias`` is off.
+    The intra-class filter (``settings.filter_threshold``) judges faces with the embedding
+    model at ``embedding_weights``.
     """
+    if settings.filter_threshold is not None and embedding_weights is None:
+        raise ValueError(
+            f"synthesis.filter_threshold={settings.filter_threshold} needs the embedding model "
+            "that judges the faces: pass --embedding-weights (the workflow does so)"
+        )
     if images_per_identity < 1 or face_size < 1:
         raise ValueError(
             f"images_per_identity and face_size must be >= 1, got {images_per_identity} and "
@@ -293,8 +421,14 @@ def synthesize_shard(
         len(pending),
     )
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
+    judge = None
+    if settings.filter_threshold is not None:
+        judge = context_judge(FaceEmbedder(embedding_weights, generator.device), table)
     started = time.perf_counter()
-    images = _generate(generator, table, pending, settings, images_per_identity, face_size, out_dir)
+    counts = _generate(
+        generator, table, pending, settings, images_per_identity, face_size, out_dir, judge
+    )
+    images = counts["images"]
     seconds = time.perf_counter() - started
     summary = {
         "first": identities.start,
@@ -303,6 +437,7 @@ def synthesize_shard(
         "synthesized": len(pending),
         "skipped_complete": kept,
         "images": images,
+        **({"filter": counts} if judge else {}),
         "sampling_seconds": round(seconds, 3),
         "images_per_s": round(images / seconds, 3) if images else None,
         "device": str(generator.device),
