@@ -166,6 +166,18 @@ def run_select_contexts(args: argparse.Namespace) -> None:
     _call(select_contexts, args, cfg=SelectionConfig.from_settings(args.settings))
 
 
+def run_spread_contexts(args: argparse.Namespace) -> None:
+    from synface.contexts import SpreadConfig, write_spread_contexts
+
+    _call(write_spread_contexts, args, cfg=SpreadConfig.from_settings(args.settings))
+
+
+def run_mix_manifests(args: argparse.Namespace) -> None:
+    from synface.io.manifest import mix_manifests
+
+    _call(mix_manifests, args)
+
+
 def run_set_manifest(args: argparse.Namespace) -> None:
     from synface.oversample import write_set_manifests
 
@@ -175,7 +187,12 @@ def run_set_manifest(args: argparse.Namespace) -> None:
 def run_results_table(args: argparse.Namespace) -> None:
     from synface.evaluation.table import to_markdown, write_results_table
 
-    rows = _call(write_results_table, args, evaluations=dict(args.evaluations))
+    evaluations: dict[str, list[Path]] = {}
+    for label, path in args.evaluations:  # a label given again: one more run of that row
+        evaluations.setdefault(label, []).append(path)
+    runs = {label: paths[0] if len(paths) == 1 else paths for label, paths in evaluations.items()}
+    consistency = dict(args.consistency) if args.consistency else None
+    rows = _call(write_results_table, args, evaluations=runs, consistency=consistency)
     print(to_markdown(rows), end="")
 
 
@@ -370,6 +387,24 @@ def add_select_contexts(sub: argparse.ArgumentParser) -> None:
     _threads(sub)
 
 
+def add_spread_contexts(sub: argparse.ArgumentParser) -> None:
+    _path(sub, "--contexts", "contexts_npy", "selected contexts, .npy")
+    sub.add_argument("--out-dir", type=Path, required=True)
+    _settings_option(sub, "steps, lr, temperature, pull")
+
+
+def add_mix_manifests(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--part",
+        type=Path,
+        action="append",
+        dest="parts",
+        required=True,
+        help="a dataset manifest; give two or more, labels follow in this order",
+    )
+    _path(sub, "--out", "out_manifest")
+
+
 def add_set_manifest(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--out", "out_manifest")
     sub.add_argument("--identities", type=int, required=True)
@@ -386,7 +421,20 @@ def add_set_manifest(sub: argparse.ArgumentParser) -> None:
 
 
 def add_results_table(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--row", type=_named_path, action="append", required=True, dest="evaluations")
+    sub.add_argument(
+        "--row",
+        type=_named_path,
+        action="append",
+        required=True,
+        dest="evaluations",
+        help="LABEL=evaluation.json; a label given again adds a run (mean ± std)",
+    )
+    sub.add_argument(
+        "--consistency",
+        type=_named_path,
+        action="append",
+        help="LABEL=consistency.json: the row's EER, FDR and genuine scores",
+    )
     sub.add_argument("--markdown", type=Path, required=True)
     _path(sub, "--csv", "csv_path")
     _path(sub, "--json", "json_path")
@@ -473,6 +521,13 @@ COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
         add_select_contexts,
         "keep consistent, distinct contexts",
     ),
+    (
+        "spread-contexts",
+        run_spread_contexts,
+        add_spread_contexts,
+        "move selected contexts apart on the hypersphere",
+    ),
+    ("mix-manifests", run_mix_manifests, add_mix_manifests, "unite datasets, labels kept apart"),
     (
         "set-manifest",
         run_set_manifest,
