@@ -25,6 +25,10 @@ DATASETS = list(config["datasets"])
 SYNTHETIC = [n for n, d in config["datasets"].items() if d["source"] == "synthetic"]
 CONTEXT_ONLY = [n for n, d in config["datasets"].items() if d["source"] == "context_faces"]
 SOURCED = [n for n, d in config["datasets"].items() if d["source"] in ("demo", "folder")]
+MIXED = [n for n, d in config["datasets"].items() if d["source"] == "mixed"]
+# recognition.seeds: each dataset's model trained (and evaluated) once per seed; [] = once, with
+# recognition.train.seed, at the plain paths.
+SEEDS = config["recognition"]["seeds"]
 FACESETS = [*DATASETS, "heldout", "candidates", *(f"synthetic_{name}" for name in SYNTHETIC)]
 
 
@@ -32,6 +36,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     faceset="|".join(FACESETS),
     set="|".join(SYNTHETIC) or "^$",
+    seed=r"\d+",
 
 
 def is_demo(source):
@@ -115,10 +120,52 @@ def get_train_recognition_params():
     )
 
 
-def get_results_table_rows(wildcards, input):
-    return " ".join(
-        f"--row '{config['datasets'][name]['label']}={input[name]}'" for name in DATASETS
+def get_train_recognition_seed_params(wildcards):
+    """The recipe of one repeat: recognition.train with its seed replaced."""
+    recognition = config["recognition"]
+    return settings(
+        {
+            "image_size": config["face_size"],
+            **{k: recognition[k] for k in ("backbone", "head", "augment")},
+            "train": {**recognition["train"], "seed": int(wildcards.seed)},
+        }
     )
+
+
+def get_evaluate_seed_input(wildcards):
+    return {
+        "weights": rules.train_recognition_seed.output.backbone.format(**wildcards),
+        **get_benchmark_packs(),
+    }
+
+
+def table_runs(name):
+    """(input key, evaluation file) of each run of a dataset's row."""
+    if not SEEDS:
+        return [(name, rules.evaluate.output.json.format(dataset=name))]
+    template = rules.evaluate_seed.output.json
+    return [(f"{name}-seed{s}", template.format(dataset=name, seed=s)) for s in SEEDS]
+
+
+def get_results_table_input(wildcards):
+    inputs = {key: path for name in DATASETS for key, path in table_runs(name)}
+    if config["evaluation"]["consistency_columns"]:
+        for name in SYNTHETIC:
+            inputs[f"consistency_{name}"] = rules.identity_consistency.output.json.format(set=name)
+    return inputs
+
+
+def get_results_table_rows(wildcards, input):
+    """A --row per run (a label given again is one more run of its row), then the synthetic
+    sets' consistency reports when the table shows them."""
+    label = lambda name: config["datasets"][name]["label"]
+    rows = [f"--row '{label(n)}={input[key]}'" for n in DATASETS for key, _ in table_runs(n)]
+    rows += [
+        f"--consistency '{label(n)}={input['consistency_' + n]}'"
+        for n in SYNTHETIC
+        if f"consistency_{n}" in input.keys()
+    ]
+    return " ".join(rows)
 
 
 def get_final_output():
@@ -265,9 +312,28 @@ def check_synthetic_sets():
 check_synthetic_sets()
 
 
+def check_mixed_sets():
+    for name in MIXED:
+        parts = config["datasets"][name].get("parts", [])
+        wrong = [p for p in parts if p not in DATASETS or p in MIXED]
+        if len(parts) < 2 or wrong:
+            raise WorkflowError(
+                f"config key datasets.{name}.parts is {parts}: a mixed dataset names two or "
+                f"more other datasets of the config, none of them mixed (not: {wrong})"
+            )
+
+
+check_mixed_sets()
+
+
+def get_mixed_manifest_input(wildcards):
+    parts = config["datasets"][wildcards.mixed]["parts"]
+    return [f"results/datasets/{part}/manifest.tsv" for part in parts]
+
+
 def uses_selected_contexts():
     return bool(CONTEXT_ONLY) or any(
-        config["datasets"][n]["contexts"] == "selected" for n in SYNTHETIC
+        config["datasets"][n]["contexts"] in ("selected", "spread") for n in SYNTHETIC
     )
 
 
@@ -280,7 +346,7 @@ def get_selected_identities():
     sizes = [
         config["datasets"][n]["identities"]
         for n in [*SYNTHETIC, *CONTEXT_ONLY]
-        if config["datasets"][n].get("contexts", "selected") == "selected"
+        if config["datasets"][n].get("contexts", "selected") in ("selected", "spread")
     ]
     return max(sizes, default=0)
 
@@ -344,11 +410,18 @@ def get_select_contexts_params():
 
 
 def pool_of(name):
-    """Sets with the same contexts and images per identity share one pool of generated faces:
-    the noise of image k of identity i depends only on (seed, i, k), so a 100-identity set is
-    the first 100 identities of a 300-identity one, and is not generated twice."""
+    """Sets with the same contexts, images per identity and sampling overrides share one pool
+    of generated faces: the noise of image k of identity i depends only on (seed, i, k), so a
+    100-identity set is the first 100 identities of a 300-identity one, and is not generated
+    twice. A set's own ``synthesis`` overrides add a digest of them to the pool's name."""
+    import hashlib
+
     dataset = config["datasets"][name]
-    return f"{dataset['contexts']}-{dataset['images_per_identity']}"
+    pool = f"{dataset['contexts']}-{dataset['images_per_identity']}"
+    overrides = dataset.get("synthesis")
+    if overrides:
+        pool += "-" + hashlib.sha256(settings(overrides).encode()).hexdigest()[:8]
+    return pool
 
 
 def make_pools():
@@ -361,6 +434,7 @@ def make_pools():
             {
                 "contexts": dataset["contexts"],
                 "images_per_identity": dataset["images_per_identity"],
+                "synthesis": {**config["synthesis"], **dataset.get("synthesis", {})},
                 "identities": 0,
             },
         )
@@ -387,9 +461,25 @@ def pool_images(shard):
 
 
 def get_pool_contexts(wildcards):
-    if POOLS[wildcards.pool]["contexts"] == "uniform":
+    contexts = POOLS[wildcards.pool]["contexts"]
+    if contexts == "uniform":
         return rules.uniform_contexts.output.contexts
+    if contexts == "spread":
+        return rules.spread_contexts.output.contexts
     return rules.select_contexts.output.contexts
+
+
+def filters(pool):
+    return POOLS[pool]["synthesis"]["filter_threshold"] is not None
+
+
+def get_synthesize_judge(wildcards):
+    """The embedding model, for a pool whose faces pass the intra-class filter."""
+    return get_embedding_files() if filters(wildcards.pool) else {}
+
+
+def get_synthesize_judge_args(wildcards, input):
+    return f"--embedding-weights {input.weights}" if filters(wildcards.pool) else ""
 
 
 def get_set_shards(wildcards):
@@ -403,9 +493,20 @@ def get_set_shards(wildcards):
     ]
 
 
-def get_synthesis_params():
-    keys = ("seed", "sampler", "steps", "guidance_scale", "eta", "antialias", "batch_size")
-    return settings({key: config["synthesis"][key] for key in keys})
+SAMPLING_KEYS = ("seed", "sampler", "steps", "guidance_scale", "eta", "antialias", "batch_size")
+# The switches beyond ADMIS: passed only when on, so that a config without them keeps its
+# synthesize jobs' params (and Snakemake does not rerun them).
+SWITCH_KEYS = ("negative_scale", "unconditional_steps")
+
+
+def get_synthesis_params(wildcards):
+    chosen = POOLS[wildcards.pool]["synthesis"]
+    params = {key: chosen[key] for key in SAMPLING_KEYS}
+    params |= {key: chosen[key] for key in SWITCH_KEYS if chosen[key]}
+    if chosen["filter_threshold"] is not None:
+        params["filter_threshold"] = chosen["filter_threshold"]
+        params["filter_draws_per_image"] = chosen["filter_draws_per_image"]
+    return settings(params)
 
 
 def get_set_manifest_input(wildcards):

@@ -77,3 +77,27 @@ rule select_contexts:
         "--ldm {input.ldm} --first-stage {params.first_stage} "
         "--embedding-weights {input.weights} --out-dir {params.out_dir} "
         "--settings '{params.settings}' --threads {threads} > {log} 2>&1"
+
+
+rule spread_contexts:
+    input:
+        contexts=rules.select_contexts.output.contexts,
+    output:
+        contexts="results/contexts/spread/contexts.npy",
+        summary="results/contexts/spread/spread.json",
+    log:
+        "logs/spread_contexts/spread_contexts.log",
+    benchmark:
+        "logs/benchmarks/spread_contexts/spread_contexts.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        settings=settings(config["contexts"]["spread"]),
+        out_dir=output_folder("contexts"),
+    shell:
+        "synface spread-contexts --contexts {input.contexts} --out-dir {params.out_dir} "
+        "--settings '{params.settings}' > {log} 2>&1"

@@ -19,3 +19,26 @@ rule dataset_manifest:
         source=get_dataset_manifest_source,
     shell:
         "synface manifest {params.source} --out {output} > {log} 2>&1"
+
+
+rule mixed_manifest:
+    input:
+        get_mixed_manifest_input,
+    output:
+        "results/datasets/{mixed}/manifest.tsv",
+    log:
+        "logs/mixed_manifest/{mixed}.log",
+    benchmark:
+        "logs/benchmarks/mixed_manifest/{mixed}.tsv"
+    wildcard_constraints:
+        mixed="|".join(MIXED) or "^$",
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        parts=lambda wildcards, input: " ".join(f"--part {path}" for path in input),
+    shell:
+        "synface mix-manifests {params.parts} --out {output} > {log} 2>&1"

@@ -23,9 +23,20 @@ rule evaluate:
         "--threads {threads} > {log} 2>&1"
 
 
+use rule evaluate as evaluate_seed with:
+    input:
+        unpack(get_evaluate_seed_input),
+    output:
+        json="results/evaluation/{dataset}-seed{seed}.json",
+    log:
+        "logs/evaluate_seed/{dataset}-seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/evaluate_seed/{dataset}-seed{seed}.tsv"
+
+
 rule results_table:
     input:
-        **{name: rules.evaluate.output.json.format(dataset=name) for name in DATASETS},
+        unpack(get_results_table_input),
     output:
         markdown=report(
             "results/tables/results.md",

@@ -1,6 +1,7 @@
 rule synthesize:
     input:
         unpack(get_first_stage_files),
+        unpack(get_synthesize_judge),
         contexts=get_pool_contexts,
         ldm=get_ldm_checkpoint(),
     output:
@@ -21,15 +22,16 @@ rule synthesize:
         images_per_identity=lambda wildcards: POOLS[wildcards.pool]["images_per_identity"],
         out_dir=lambda wildcards, output: pool_images(output.shard),
         face_size=config["face_size"],
-        settings=get_synthesis_params(),
+        settings=get_synthesis_params,
+        judge=get_synthesize_judge_args,
     shell:
         "synface synthesize --ldm {input.ldm} --first-stage {params.first_stage} "
         "--contexts {input.contexts} "
         "--first {wildcards.first} --last {wildcards.last} "
         "--images-per-identity {params.images_per_identity} "
         "--out-dir {params.out_dir} --done-marker {output.shard} "
-        "--face-size {params.face_size} --settings '{params.settings}' --threads {threads} "
-        "> {log} 2>&1"
+        "--face-size {params.face_size} --settings '{params.settings}' {params.judge} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule synthetic_set_manifest:
