@@ -158,13 +158,10 @@ def get_results_table_input(wildcards):
 def get_results_table_rows(wildcards, input):
     """A --row per run (a label given again is one more run of its row), then the synthetic
     sets' consistency reports when the table shows them."""
-    label = lambda name: config["datasets"][name]["label"]
-    rows = [f"--row '{label(n)}={input[key]}'" for n in DATASETS for key, _ in table_runs(n)]
-    rows += [
-        f"--consistency '{label(n)}={input['consistency_' + n]}'"
-        for n in SYNTHETIC
-        if f"consistency_{n}" in input.keys()
-    ]
+    labels = {name: dataset["label"] for name, dataset in config["datasets"].items()}
+    rows = [f"--row '{labels[n]}={input[key]}'" for n in DATASETS for key, _ in table_runs(n)]
+    reports = {n: input.get(f"consistency_{n}") for n in SYNTHETIC}
+    rows += [f"--consistency '{labels[n]}={path}'" for n, path in reports.items() if path]
     return " ".join(rows)
 
 
@@ -419,9 +416,9 @@ def pool_of(name):
     dataset = config["datasets"][name]
     pool = f"{dataset['contexts']}-{dataset['images_per_identity']}"
     overrides = dataset.get("synthesis")
-    if overrides:
-        pool += "-" + hashlib.sha256(settings(overrides).encode()).hexdigest()[:8]
-    return pool
+    if not overrides:
+        return pool
+    return f"{pool}-{hashlib.sha256(settings(overrides).encode()).hexdigest()[:8]}"
 
 
 def make_pools():
