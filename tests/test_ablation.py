@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 import yaml
 from workflow_runner import ABLATION, ABLATION_MICRO, ABLATION_RULES, BASE, MICRO, snakemake
 
+from synface.cli import build_parser
 from synface.contexts import SpreadConfig, pairwise_cosines, spread_contexts, write_spread_contexts
 from synface.evaluation.table import write_results_table
 from synface.io.manifest import ManifestEntry, mix_manifests, read_manifest, write_manifest
@@ -95,7 +97,7 @@ def _job_counts(output: str) -> dict[str, int]:
 def test_the_ablation_plans_one_training_per_row_and_seed(tmp_path: Path) -> None:
     """A dry run of the micro ablation: every row trained and evaluated once per seed, one
     pool per switch, the spread contexts and the mixed set made once."""
-    plan = snakemake(tmp_path, "-n", configfiles=ABLATION_CONFIGS, timeout=300)
+    plan = snakemake(tmp_path, "-n", "-p", configfiles=ABLATION_CONFIGS, timeout=300)
     assert plan.returncode == 0, (plan.stdout + plan.stderr)[-3000:]
     counts = _job_counts(plan.stdout)
     config = yaml.safe_load(ABLATION.read_text())
@@ -106,6 +108,12 @@ def test_the_ablation_plans_one_training_per_row_and_seed(tmp_path: Path) -> Non
     assert "evaluate" not in counts  # with seeds, only the repeats make table rows
     pools = set(re.findall(r"results/synthetic/pools/([\w-]+)/shards", plan.stdout))
     assert len(pools) == 2 + 8  # the demo's two, one per switch row and the combination
+    # Every planned command parses under the CLI (the switches' options included).
+    commands = re.findall(r"^Shell command: synface (.*)$", plan.stdout, re.MULTILINE)
+    assert len(commands) == counts["total"] - counts["all"]
+    for command in commands:
+        words = shlex.split(command)
+        build_parser().parse_args(words[: words.index(">")])
 
 
 @pytest.mark.slow

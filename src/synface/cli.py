@@ -353,7 +353,12 @@ def add_synthesize(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--out-dir", type=Path, required=True, help="<identity>/<k>.png go here")
     sub.add_argument("--done-marker", type=Path, required=True, help="shard summary, written last")
     sub.add_argument("--face-size", type=int, required=True, help="saved face size in pixels")
-    _settings_option(sub, "seed, sampler, steps, guidance_scale, eta, batch_size")
+    _settings_option(sub, "the synthesis section's keys, e.g. seed, sampler, steps, batch_size")
+    sub.add_argument(
+        "--embedding-weights",
+        type=Path,
+        help="the embedding model that judges faces (needed with filter_threshold)",
+    )
     _threads(sub)
 
 
