@@ -15,7 +15,15 @@ from torchvision.io import decode_png, read_file
 
 from synface.ldm.faces import FaceEmbedder
 from synface.shards import shard_ranges
-from synface.synthesis import SynthesisSettings, context_judge, far_contexts, synthesize_shard
+from synface.synthesis import (
+    SynthesisSettings,
+    _Draws,
+    _next_draws,
+    _write_face,
+    context_judge,
+    far_contexts,
+    synthesize_shard,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM = ROOT / "demo_weights" / "ldm" / "ema_averaged_model.ckpt"
@@ -107,3 +115,19 @@ def test_switches_that_are_off_leave_the_settings_record_as_before() -> None:
     assert set(record) == {"seed", "steps", "guidance_scale", "sampler", "eta", "antialias"}
     on = SynthesisSettings.from_settings({"filter_threshold": 0.3}).sampling()
     assert on["filter_threshold"] == 0.3 and on["filter_draws_per_image"] == 4
+
+
+def test_an_identity_out_of_draws_keeps_its_best_rejected_faces(tmp_path: Path) -> None:
+    settings = SynthesisSettings.from_settings(
+        {"filter_threshold": 0.5, "filter_draws_per_image": 2}
+    )
+    faces = {k: torch.full((3, 4, 4), k, dtype=torch.uint8) for k in range(4)}
+    out_of_draws = _Draws(next_draw=4, accepted=1)  # 4 = 2 x 2 draws: none left
+    out_of_draws.rejected = [(0.1, 1, faces[1]), (0.3, 2, faces[2]), (0.3, 3, faces[3])]
+    _write_face(tmp_path, 0, 0, faces[0])
+    drawing = _Draws(next_draw=2, accepted=0)
+    jobs, kept_below = _next_draws({0: out_of_draws, 1: drawing}, settings, 2, tmp_path)
+    assert jobs == [(1, 2), (1, 3)] and drawing.next_draw == 4
+    assert kept_below == 1 and out_of_draws.accepted == 2
+    # Slot 1 takes the best rejected face, the earlier draw first among equal cosines.
+    assert decode_png(read_file(str(tmp_path / "00000" / "001.png"))).unique().tolist() == [2]
