@@ -28,8 +28,8 @@ COLUMNS = {
 CONSISTENCY = {
     "eer": "EER %",
     "fdr": "FDR",
-    "genuine_mean": "genuine",
-    "genuine_std": "genuine std",
+    "genuine_mean": "genuine mean",
+    "genuine_std": "genuine spread",
 }
 
 Row = dict[str, float | str | None]
