@@ -38,6 +38,10 @@ if config["contexts"]["source"] == "database" and config["contexts"]["align"]:
             "own faces, not new aligned copies. Set contexts.align: false to use them, or "
             "contexts.embed_npy: null to embed the aligned faces"
         )
+MIXED = [n for n, d in config["datasets"].items() if d["source"] == "mixed"]
+# recognition.seeds: each dataset's model trained (and evaluated) once per seed; [] = once, with
+# recognition.train.seed, at the plain paths.
+SEEDS = config["recognition"]["seeds"]
 FACESETS = [*DATASETS, "heldout", "candidates", *(f"synthetic_{name}" for name in SYNTHETIC)]
 
 
@@ -45,6 +49,7 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     faceset="|".join(FACESETS),
     set="|".join(SYNTHETIC) or "^$",
+    seed=r"\d+",
 
 
 def is_demo(source):
@@ -154,9 +159,50 @@ def get_train_recognition_params():
     )
 
 
-def get_evaluation_rows(wildcards, input):
-    """``--row LABEL=evaluation JSON`` per dataset, in the config's order (table and ROC)."""
-    return named_paths("--row", {name: input[name] for name in DATASETS})
+def get_train_recognition_seed_params(wildcards):
+    """The recipe of one repeat: recognition.train with its seed replaced."""
+    recognition = config["recognition"]
+    return settings(
+        {
+            "image_size": config["face_size"],
+            **{k: recognition[k] for k in ("backbone", "head", "augment")},
+            "train": {**recognition["train"], "seed": int(wildcards.seed)},
+        }
+    )
+
+
+def get_evaluate_seed_input(wildcards):
+    return {
+        "weights": rules.train_recognition_seed.output.backbone.format(**wildcards),
+        **get_benchmark_packs(),
+    }
+
+
+def table_runs(name):
+    """(input key, evaluation file) of each run of a dataset's row."""
+    if not SEEDS:
+        return [(name, rules.evaluate.output.json.format(dataset=name))]
+    template = rules.evaluate_seed.output.json
+    return [(f"{name}-seed{s}", template.format(dataset=name, seed=s)) for s in SEEDS]
+
+
+def get_results_table_input(wildcards):
+    inputs = {key: path for name in DATASETS for key, path in table_runs(name)}
+    if config["evaluation"]["consistency_columns"]:
+        for name in SYNTHETIC:
+            inputs[f"consistency_{name}"] = rules.identity_consistency.output.json.format(set=name)
+    return inputs
+
+
+def get_results_table_rows(wildcards, input):
+    """A --row per run (a label given again is one more run of its row), then the synthetic
+    sets' consistency reports when the table shows them."""
+    labels = {name: dataset["label"] for name, dataset in config["datasets"].items()}
+    runs = [(labels[n], input[key]) for n in DATASETS for key, _ in table_runs(n)]
+    rows = [arg for label, path in runs for arg in ("--row", f"{label}={path}")]
+    reports = {n: input.get(f"consistency_{n}") for n in SYNTHETIC}
+    rows += [arg for n, p in reports.items() if p for arg in ("--consistency", f"{labels[n]}={p}")]
+    return rows
 
 
 def get_final_output():
@@ -308,9 +354,28 @@ def check_synthetic_sets():
 check_synthetic_sets()
 
 
+def check_mixed_sets():
+    for name in MIXED:
+        parts = config["datasets"][name].get("parts", [])
+        wrong = [p for p in parts if p not in DATASETS or p in MIXED]
+        if len(parts) < 2 or wrong:
+            raise WorkflowError(
+                f"config key datasets.{name}.parts is {parts}: a mixed dataset names two or "
+                f"more other datasets of the config, none of them mixed (not: {wrong})"
+            )
+
+
+check_mixed_sets()
+
+
+def get_mixed_manifest_input(wildcards):
+    parts = config["datasets"][wildcards.mixed]["parts"]
+    return [f"results/datasets/{part}/manifest.tsv" for part in parts]
+
+
 def uses_selected_contexts():
     return bool(CONTEXT_ONLY) or any(
-        config["datasets"][n]["contexts"] == "selected" for n in SYNTHETIC
+        config["datasets"][n]["contexts"] in ("selected", "spread") for n in SYNTHETIC
     )
 
 
@@ -323,7 +388,7 @@ def get_selected_identities():
     sizes = [
         config["datasets"][n]["identities"]
         for n in [*SYNTHETIC, *CONTEXT_ONLY]
-        if config["datasets"][n].get("contexts", "selected") == "selected"
+        if config["datasets"][n].get("contexts", "selected") in ("selected", "spread")
     ]
     return max(sizes, default=0)
 
@@ -480,11 +545,18 @@ def get_select_contexts_params():
 
 
 def pool_of(name):
-    """Sets with the same contexts and images per identity share one pool of generated faces:
-    the noise of image k of identity i depends only on (seed, i, k), so a 100-identity set is
-    the first 100 identities of a 300-identity one, and is not generated twice."""
+    """Sets with the same contexts, images per identity and sampling overrides share one pool
+    of generated faces: the noise of image k of identity i depends only on (seed, i, k), so a
+    100-identity set is the first 100 identities of a 300-identity one, and is not generated
+    twice. A set's own ``synthesis`` overrides add a digest of them to the pool's name."""
+    import hashlib
+
     dataset = config["datasets"][name]
-    return f"{dataset['contexts']}-{dataset['images_per_identity']}"
+    pool = f"{dataset['contexts']}-{dataset['images_per_identity']}"
+    overrides = dataset.get("synthesis")
+    if not overrides:
+        return pool
+    return f"{pool}-{hashlib.sha256(settings(overrides).encode()).hexdigest()[:8]}"
 
 
 def make_pools():
@@ -497,6 +569,7 @@ def make_pools():
             {
                 "contexts": dataset["contexts"],
                 "images_per_identity": dataset["images_per_identity"],
+                "synthesis": {**config["synthesis"], **dataset.get("synthesis", {})},
                 "identities": 0,
             },
         )
@@ -523,9 +596,25 @@ def pool_images(shard):
 
 
 def get_pool_contexts(wildcards):
-    if POOLS[wildcards.pool]["contexts"] == "uniform":
+    contexts = POOLS[wildcards.pool]["contexts"]
+    if contexts == "uniform":
         return rules.uniform_contexts.output.contexts
+    if contexts == "spread":
+        return rules.spread_contexts.output.contexts
     return rules.select_contexts.output.contexts
+
+
+def filters(pool):
+    return POOLS[pool]["synthesis"]["filter_threshold"] is not None
+
+
+def get_synthesize_judge(wildcards):
+    """The embedding model, for a pool whose faces pass the intra-class filter."""
+    return get_embedding_files() if filters(wildcards.pool) else {}
+
+
+def get_synthesize_judge_args(wildcards, input):
+    return ["--embedding-weights", input.weights] if filters(wildcards.pool) else []
 
 
 def get_set_shards(wildcards):
@@ -544,18 +633,20 @@ def get_synthesize_runtime(wildcards):
     return gpu_runtime(images, config["synthesis"]["seconds_per_image"])
 
 
-def get_synthesis_params():
-    keys = (
-        "seed",
-        "sampler",
-        "steps",
-        "guidance_scale",
-        "eta",
-        "antialias",
-        "batch_size",
-        "compile",
-    )
-    return settings({key: config["synthesis"][key] for key in keys})
+SAMPLING_KEYS = ("seed", "sampler", "steps", "guidance_scale", "eta", "antialias", "batch_size")
+# The switches beyond ADMIS, and torch.compile: passed only when on, so that a config without
+# them keeps its synthesize jobs' params (and Snakemake does not rerun them).
+SWITCH_KEYS = ("negative_scale", "unconditional_steps", "compile")
+
+
+def get_synthesis_params(wildcards):
+    chosen = POOLS[wildcards.pool]["synthesis"]
+    params = {key: chosen[key] for key in SAMPLING_KEYS}
+    params |= {key: chosen[key] for key in SWITCH_KEYS if chosen[key]}
+    if chosen["filter_threshold"] is not None:
+        params["filter_threshold"] = chosen["filter_threshold"]
+        params["filter_draws_per_image"] = chosen["filter_draws_per_image"]
+    return settings(params)
 
 
 def get_set_manifest_input(wildcards):
@@ -607,11 +698,32 @@ def named_paths(flag, paths):
     return [arg for name, path in paths.items() for arg in (flag, f"{labels[name]}={path}")]
 
 
+def shown_run(name):
+    """The recognition run of a dataset that the report's figures show: its only one, or its
+    first seed's when recognition.seeds repeats it: (wildcards, training rule, evaluate rule)."""
+    if not SEEDS:
+        return {"dataset": name}, rules.train_recognition, rules.evaluate
+    return {"dataset": name, "seed": SEEDS[0]}, rules.train_recognition_seed, rules.evaluate_seed
+
+
+def get_shown_backbones():
+    return [train.output.backbone.format(**w) for w, train, _ in map(shown_run, DATASETS)]
+
+
 def get_recognition_training_logs():
-    run_dir = rules.train_recognition.params.run_dir
-    return named_paths(
-        "--log", {name: f"{run_dir.format(dataset=name)}/loss.tsv" for name in DATASETS}
-    )
+    runs = {name: shown_run(name) for name in DATASETS}
+    logs = {n: f"{train.params.run_dir.format(**w)}/loss.tsv" for n, (w, train, _) in runs.items()}
+    return named_paths("--log", logs)
+
+
+def get_plot_roc_input():
+    runs = {name: shown_run(name) for name in DATASETS}
+    return {n: evaluate.output.json.format(**w) for n, (w, _, evaluate) in runs.items()}
+
+
+def get_evaluation_rows(wildcards, input):
+    """``--row LABEL=evaluation JSON`` per dataset, in the config's order."""
+    return named_paths("--row", {name: input[name] for name in DATASETS})
 
 
 def get_plot_samples_input(wildcards):

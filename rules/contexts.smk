@@ -126,3 +126,27 @@ rule select_contexts:
         "--manifest {input.manifest:q} --probes {input.probes:q} "
         "--out-dir {params.out_dir:q} --settings {params.settings:q} --threads {threads:q} "
         "> {log:q} 2>&1"
+
+
+rule spread_contexts:
+    input:
+        contexts=rules.select_contexts.output.contexts,
+    output:
+        contexts="results/contexts/spread/contexts.npy",
+        summary="results/contexts/spread/spread.json",
+    log:
+        "logs/spread_contexts/spread_contexts.log",
+    benchmark:
+        "logs/benchmarks/spread_contexts/spread_contexts.tsv"
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        settings=settings(config["contexts"]["spread"]),
+        out_dir=output_folder("contexts"),
+    shell:
+        "synface spread-contexts --contexts {input.contexts:q} --out-dir {params.out_dir:q} "
+        "--settings {params.settings:q} > {log:q} 2>&1"

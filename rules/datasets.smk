@@ -47,3 +47,26 @@ rule align_faces:
         "synface align-faces --images {input.images:q} --out-dir {params.out_dir:q} "
         "--face-size {params.face_size:q} --settings {params.settings:q} "
         "--threads {threads:q} > {log:q} 2>&1"
+
+
+rule mixed_manifest:
+    input:
+        get_mixed_manifest_input,
+    output:
+        "results/datasets/{mixed:q}/manifest.tsv",
+    log:
+        "logs/mixed_manifest/{mixed:q}.log",
+    benchmark:
+        "logs/benchmarks/mixed_manifest/{mixed:q}.tsv"
+    wildcard_constraints:
+        mixed="|".join(MIXED) or "^$",
+    conda:
+        "../envs/synface.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        parts=lambda wildcards, input: [arg for path in input for arg in ("--part", path)],
+    shell:
+        "synface mix-manifests {params.parts:q} --out {output:q} > {log:q} 2>&1"

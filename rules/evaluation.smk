@@ -23,9 +23,20 @@ rule evaluate:
         "--threads {threads:q} > {log:q} 2>&1"
 
 
+use rule evaluate as evaluate_seed with:
+    input:
+        unpack(get_evaluate_seed_input),
+    output:
+        json="results/evaluation/{dataset}-seed{seed}.json",
+    log:
+        "logs/evaluate_seed/{dataset}-seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/evaluate_seed/{dataset}-seed{seed}.tsv"
+
+
 rule results_table:
     input:
-        **{name: rules.evaluate.output.json.format(dataset=name) for name in DATASETS},
+        unpack(get_results_table_input),
     output:
         markdown=report(
             "results/tables/results.md",
@@ -51,7 +62,7 @@ rule results_table:
         mem_mb=1000,
         runtime=10,
     params:
-        rows=get_evaluation_rows,
+        rows=get_results_table_rows,
     shell:
         "synface results-table {params.rows:q} --markdown {output.markdown:q} "
         "--csv {output.csv:q} --json {output.json:q} --mean-std-csv {output.mean_std:q} "

@@ -28,3 +28,19 @@ rule train_recognition:
         "--data-root {params.data_root:q} --out {output.backbone:q} "
         "--run-dir {params.run_dir:q} --settings {params.settings:q} --threads {threads:q} "
         "> {log:q} 2>&1"
+
+
+# One more training of a dataset's model per recognition.seeds entry (the table's mean ± std).
+use rule train_recognition as train_recognition_seed with:
+    output:
+        backbone="results/recognition/{dataset}-seed{seed}/backbone.pth",
+        spec="results/recognition/{dataset}-seed{seed}/backbone.json",
+    log:
+        "logs/train_recognition_seed/{dataset}-seed{seed}.log",
+    benchmark:
+        "logs/benchmarks/train_recognition_seed/{dataset}-seed{seed}.tsv"
+    params:
+        settings=get_train_recognition_seed_params,
+        launcher=launcher("recognition"),
+        data_root=input_folder("index"),
+        run_dir="results/runs/recognition/{dataset}-seed{seed}",

@@ -5,7 +5,7 @@
 
 rule plot_recognition_training:
     input:
-        expand(rules.train_recognition.output.backbone, dataset=DATASETS),
+        get_shown_backbones(),
     output:
         report(
             "results/figures/recognition_training.png",
@@ -72,7 +72,7 @@ rule plot_ldm_training:
 
 rule plot_roc:
     input:
-        **{name: rules.evaluate.output.json.format(dataset=name) for name in DATASETS},
+        **get_plot_roc_input(),
     output:
         report(
             "results/figures/roc.png",

@@ -1,6 +1,7 @@
 rule synthesize:
     input:
         unpack(get_first_stage_files),
+        unpack(get_synthesize_judge),
         contexts=get_pool_contexts,
         ldm=get_ldm_checkpoint(),
     output:
@@ -21,15 +22,16 @@ rule synthesize:
         images_per_identity=lambda wildcards: POOLS[wildcards.pool]["images_per_identity"],
         out_dir=lambda wildcards, output: pool_images(output.shard),
         face_size=config["face_size"],
-        settings=get_synthesis_params(),
+        settings=get_synthesis_params,
+        judge=get_synthesize_judge_args,
     shell:
         "synface synthesize --ldm {input.ldm:q} --first-stage {params.first_stage:q} "
         "--contexts {input.contexts:q} "
         "--first {wildcards.first:q} --last {wildcards.last:q} "
         "--images-per-identity {params.images_per_identity:q} "
         "--out-dir {params.out_dir:q} --done-marker {output.shard:q} "
-        "--face-size {params.face_size:q} --settings {params.settings:q} --threads {threads:q} "
-        "> {log:q} 2>&1"
+        "--face-size {params.face_size:q} --settings {params.settings:q} {params.judge:q} "
+        "--threads {threads:q} > {log:q} 2>&1"
 
 
 rule synthetic_set_manifest:

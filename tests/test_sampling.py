@@ -157,3 +157,74 @@ def test_only_ddim_admis_keeps_the_unet_in_fp32(
     noise = image_noise(0, 0, 0, (3, 4, 4))[None]
     sample_latents(KnownPredictions(), scheduler, noise, torch.zeros(1, 8), steps=3)
     assert len(entered) == autocast_steps
+
+
+# ------------------------------------------------- beyond ADMIS: negative guidance, two stages, η
+
+
+@pytest.mark.parametrize(("guidance_scale", "negative_scale"), [(1.0, 0.5), (3.0, 0.5)])
+def test_negative_guidance_combines_known_predictions_as_documented(
+    guidance_scale: float, negative_scale: float
+) -> None:
+    scheduler = make_sampler(dict(admis_ddpm_scheduler().config))
+    steps = _recorded_steps(scheduler)
+    noise = torch.stack([image_noise(0, i, 0, (3, 4, 4)) for i in range(2)])
+    contexts, negatives = torch.zeros(2, 8), torch.zeros(2, 8)
+    contexts[:, 0] = torch.tensor([0.5, -1.0])  # ε_c per row
+    negatives[:, 0] = torch.tensor([0.1, 0.3])  # ε(c_neg) per row
+    guidance = sampling.Guidance(scale=guidance_scale, negative_scale=negative_scale)
+    sample_latents(KnownPredictions(), scheduler, noise, contexts, steps=4, guidance=guidance,
+                   negative_contexts=negatives)  # fmt: skip
+
+    eps_c = contexts[:, 0][:, None, None, None].expand_as(noise)
+    eps_neg = negatives[:, 0][:, None, None, None].expand_as(noise)
+    guided = EPS_UNCONDITIONAL + guidance_scale * (eps_c - EPS_UNCONDITIONAL)
+    expected = guided + negative_scale * (eps_c - eps_neg)
+    assert all(torch.allclose(eps, expected, atol=1e-6) for eps, _, _ in steps)
+
+
+def test_two_stage_sampling_starts_under_the_empty_context() -> None:
+    scheduler = make_sampler(dict(admis_ddpm_scheduler().config))
+    steps = _recorded_steps(scheduler)
+    noise = image_noise(0, 0, 0, (3, 4, 4))[None]
+    contexts = torch.zeros(1, 8)
+    contexts[0, 0] = -0.75
+    guidance = sampling.Guidance(unconditional_steps=3)
+    sample_latents(KnownPredictions(), scheduler, noise, contexts, steps=5, guidance=guidance)
+    values = [eps.unique().tolist() for eps, _, _ in steps]
+    assert values == [[EPS_UNCONDITIONAL]] * 3 + [[-0.75]] * 2
+
+
+def test_stochastic_ddim_adds_the_given_step_noise_and_refuses_the_global_rng() -> None:
+    scheduler = make_sampler(dict(admis_ddpm_scheduler().config))
+    steps = _recorded_steps(scheduler)
+    noise = torch.stack([image_noise(0, i, 0, (3, 4, 4)) for i in range(2)])
+    contexts = torch.zeros(2, 8)
+    eta, jobs = 0.7, [(0, 0), (1, 0)]
+
+    def noise_of_step(step: int) -> torch.Tensor:
+        return torch.stack([sampling.step_noise(5, i, k, step, (3, 4, 4)) for i, k in jobs])
+
+    sample_latents(KnownPredictions(), scheduler, noise, contexts, steps=4, eta=eta,
+                   step_noise=noise_of_step)  # fmt: skip
+    # DDIM (Song et al. 2021, eq. 12 and 16) from t = 750 to 500 with σ_t and the given z.
+    eps, x, after = steps[0]
+    alpha_t, alpha_prev = scheduler.alphas_cumprod[750], scheduler.alphas_cumprod[500]
+    sigma = eta * ((1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)).sqrt()
+    x0 = (x - (1 - alpha_t).sqrt() * eps) / alpha_t.sqrt()
+    direction = (1 - alpha_prev - sigma**2).sqrt() * eps
+    by_hand = alpha_prev.sqrt() * x0 + direction + sigma * noise_of_step(0)
+    assert torch.allclose(after, by_hand, atol=1e-5)
+    with pytest.raises(ValueError, match="per-step noise"):
+        sample_latents(KnownPredictions(), scheduler, noise, contexts, steps=4, eta=eta)
+
+
+def test_step_noise_depends_on_seed_identity_image_and_step_only() -> None:
+    shape = (3, 4, 4)
+    assert torch.equal(
+        sampling.step_noise(1, 2, 3, 4, shape), sampling.step_noise(1, 2, 3, 4, shape)
+    )
+    draws = [sampling.step_noise(*words, shape) for words in
+             [(1, 2, 3, 4), (0, 2, 3, 4), (1, 0, 3, 4), (1, 2, 0, 4), (1, 2, 3, 0)]]  # fmt: skip
+    draws.append(image_noise(1, 2, 3, shape))
+    assert len({d.numpy().tobytes() for d in draws}) == len(draws)

@@ -274,8 +274,8 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert "deletes its 1 finished identities" in str(refused.value)
     assert _files(tmp_path / "faces") == before
     assert not (tmp_path / "faces" / "00001").exists()
-    with pytest.raises(ValueError, match="global RNG"):
-        _synthesize(tmp_path / "other", range(1), eta=0.5)
+    with pytest.raises(ValueError, match="sampler ddim only"):
+        _synthesize(tmp_path / "other", range(1), eta=0.5, sampler="dpmsolver++")
     with pytest.raises(ValueError, match="not 1"):
         _synthesize(tmp_path / "x", range(1), images_per_identity=1, contexts=2 * _contexts())
 

@@ -44,6 +44,10 @@ RULES = [
     "plot_samples",
     "plot_contexts",
 ]
+# The rules only the ablation config runs (config/ablation.yaml; tests/test_ablation.py).
+ABLATION = ROOT / "config" / "ablation.yaml"
+ABLATION_MICRO = ROOT / "tests" / "config" / "ablation_micro.yaml"
+ABLATION_RULES = ["spread_contexts", "mixed_manifest", "train_recognition_seed", "evaluate_seed"]
 
 
 def snakemake(

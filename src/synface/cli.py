@@ -239,6 +239,18 @@ def run_select_contexts(args: argparse.Namespace) -> None:
     _call(select_contexts, args, cfg=_stage_settings(args, SelectionConfig.from_settings))
 
 
+def run_spread_contexts(args: argparse.Namespace) -> None:
+    from synface.contexts import SpreadConfig, write_spread_contexts
+
+    _call(write_spread_contexts, args, cfg=_stage_settings(args, SpreadConfig.from_settings))
+
+
+def run_mix_manifests(args: argparse.Namespace) -> None:
+    from synface.io.manifest import mix_manifests
+
+    _call(mix_manifests, args)
+
+
 def run_set_manifest(args: argparse.Namespace) -> None:
     from synface.oversample import write_set_manifests
 
@@ -248,7 +260,12 @@ def run_set_manifest(args: argparse.Namespace) -> None:
 def run_results_table(args: argparse.Namespace) -> None:
     from synface.evaluation.table import to_markdown, write_results_table
 
-    rows = _call(write_results_table, args, evaluations=dict(args.evaluations))
+    evaluations: dict[str, list[Path]] = {}
+    for label, path in args.evaluations:  # a label given again: one more run of that row
+        evaluations.setdefault(label, []).append(path)
+    runs = {label: paths[0] if len(paths) == 1 else paths for label, paths in evaluations.items()}
+    consistency = dict(args.consistency) if args.consistency else None
+    rows = _call(write_results_table, args, evaluations=runs, consistency=consistency)
     print(to_markdown(rows), end="")
 
 
@@ -483,6 +500,8 @@ def add_synthesize(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--done-marker", type=Path, required=True, help="shard summary, written last")
     sub.add_argument("--face-size", type=int, required=True, help="saved face size in pixels")
     _settings_option(sub, "synthesis", leaves=SYNTHESIS_RULE_KEYS)
+    help = "the embedding model that judges faces (+ .json; needed with filter_threshold)"
+    sub.add_argument("--embedding-weights", type=Path, help=help)
     _threads(sub)
 
 
@@ -561,6 +580,25 @@ def add_select_contexts(sub: argparse.ArgumentParser) -> None:
     _threads(sub)
 
 
+def add_spread_contexts(sub: argparse.ArgumentParser) -> None:
+    _path(sub, "--contexts", "contexts_npy", "selected contexts, .npy")
+    help = "the spread contexts.npy and spread.json (pairwise cosines before and after)"
+    sub.add_argument("--out-dir", type=Path, required=True, help=help)
+    _settings_option(sub, "contexts.spread")
+
+
+def add_mix_manifests(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--part",
+        type=Path,
+        action="append",
+        dest="parts",
+        required=True,
+        help="a dataset manifest; give two or more, labels follow in this order",
+    )
+    _path(sub, "--out", "out_manifest", "the mixed manifest")
+
+
 def add_set_manifest(sub: argparse.ArgumentParser) -> None:
     _path(sub, "--out", "out_manifest", "the set's training manifest")
     help = "synthetic people in the set (the first of the pool)"
@@ -591,8 +629,12 @@ def add_gpu_slots(sub: argparse.ArgumentParser) -> None:
 
 
 def add_results_table(sub: argparse.ArgumentParser) -> None:
-    help = "a table row: its title and the evaluate JSON; repeat for each row, in order"
+    help = "a table row: its title and the evaluate JSON, in order; a label given again adds a run"
     _named_paths(sub, "--row", "evaluations", "LABEL=PATH", help)
+    help = "a synthetic row's identity-consistency JSON: its EER, FDR and genuine scores"
+    sub.add_argument(
+        "--consistency", type=_named_path, action="append", metavar="LABEL=PATH", help=help
+    )
     sub.add_argument("--markdown", type=Path, required=True, help="the table as Markdown")
     _path(sub, "--csv", "csv_path", "the table as CSV")
     _path(sub, "--json", "json_path", "the table as JSON, one object per row")
@@ -731,6 +773,13 @@ COMMANDS: tuple[tuple[str, Handler, Arguments, str], ...] = (
         add_select_contexts,
         "keep consistent, distinct contexts",
     ),
+    (
+        "spread-contexts",
+        run_spread_contexts,
+        add_spread_contexts,
+        "move selected contexts apart on the hypersphere",
+    ),
+    ("mix-manifests", run_mix_manifests, add_mix_manifests, "unite datasets, labels kept apart"),
     (
         "set-manifest",
         run_set_manifest,

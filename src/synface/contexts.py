@@ -493,3 +493,68 @@ def _write_selection(
     write_text(out_dir / "selected.tsv", "identity\tcandidate\tface\tintra\n" + "".join(selected))
     dropped = [f"{i}\t{names[i]}\t{reason}\n" for i, reason in selection.dropped]
     write_text(out_dir / "dropped.tsv", "candidate\tface\treason\n" + "".join(dropped))
+
+
+@dataclass(frozen=True)
+class SpreadConfig(StageSettings, section="contexts.spread"):
+    """How selected contexts are spread apart (config section ``contexts.spread``, defaults in
+    the schema): ``steps`` projected gradient steps of size ``lr`` on a soft-max repulsion at
+    ``temperature``, with a pull of weight ``pull`` back to each original embedding."""
+
+    steps: int
+    lr: float
+    temperature: float
+    pull: float
+
+
+def pairwise_cosines(contexts: torch.Tensor) -> dict[str, float]:
+    """The closest pair's cosine (the smallest angle) and the mean cosine over distinct pairs."""
+    n = len(contexts)
+    if n < 2:
+        return {"max_cosine": float("nan"), "mean_cosine": float("nan")}
+    gram = contexts.double() @ contexts.double().T
+    off = gram[~torch.eye(n, dtype=torch.bool)]
+    return {"max_cosine": round(float(off.max()), 6), "mean_cosine": round(float(off.mean()), 6)}
+
+
+def spread_contexts(contexts: torch.Tensor, cfg: SpreadConfig, chunk: int = 1024) -> torch.Tensor:
+    """Unit rows moved apart on the hypersphere (HyperFace's packing idea), near where they
+    started, so they stay faces the LDM knows.
+
+    Each step moves every row x_i against its repulsion Σ_j p_ij x_j (p_i = softmax over
+    j ≠ i of cos(x_i, x_j) / temperature: mostly its nearest neighbours) and towards its
+    original row x⁰_i (weight ``pull``), then projects back onto the sphere. Rows are processed
+    in chunks of ``chunk`` (memory O(chunk × n)); float64 throughout."""
+    original = torch.nn.functional.normalize(contexts.double(), dim=1)
+    x = original.clone()
+    n = len(x)
+    for _ in range(cfg.steps if n > 1 else 0):
+        force = torch.empty_like(x)
+        for first in range(0, n, chunk):
+            rows = slice(first, min(first + chunk, n))
+            logits = x[rows] @ x.T / cfg.temperature
+            logits[torch.arange(logits.shape[0]), torch.arange(first, rows.stop)] = -torch.inf
+            force[rows] = torch.softmax(logits, dim=1) @ x
+        step = force + cfg.pull * (x - original)
+        x = torch.nn.functional.normalize(x - cfg.lr * step, dim=1)
+    return x.float()
+
+
+def write_spread_contexts(contexts_npy: Path, out_dir: Path, cfg: SpreadConfig) -> dict:
+    """``contexts.npy`` of ``out_dir``: the selected contexts spread apart (``spread_contexts``),
+    row for row; ``spread.json`` reports the pairwise cosines before and after, and how far the
+    rows moved (mean cosine to their original)."""
+    before = torch.from_numpy(np.load(contexts_npy).astype(np.float32))
+    after = spread_contexts(before, cfg)
+    with atomic_path(Path(out_dir) / CONTEXTS_FILE) as tmp, tmp.open("wb") as f:
+        np.save(f, after.numpy())
+    moved = (after.double() * before.double()).sum(dim=1).mean()
+    summary = {
+        "identities": len(before),
+        "before": pairwise_cosines(before),
+        "after": pairwise_cosines(after),
+        "mean_cosine_to_original": round(float(moved), 6),
+    }
+    write_json(Path(out_dir) / "spread.json", summary)
+    log.info("spread contexts: %s", summary)
+    return summary

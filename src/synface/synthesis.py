@@ -31,8 +31,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,9 @@ from torchvision.io import write_png
 
 from synface import __version__
 from synface.io.atomic import write_json
-from synface.ldm.faces import FaceGenerator, resize_faces
+from synface.ldm.faces import FaceEmbedder, FaceGenerator, resize_faces
 from synface.ldm.first_stage import FirstStageSpec
-from synface.ldm.sampling import SAMPLERS, SamplingSettings
+from synface.ldm.sampling import SAMPLERS, Guidance, SamplingSettings
 from synface.models.vq_f4 import DECODER_FILE
 from synface.progress import progress
 from synface.settings import StageSettings
@@ -59,6 +60,16 @@ MIN_ROWS = 16
 NORM_TOLERANCE = 1e-3
 
 
+# Settings of the switches beyond ADMIS and of torch.compile, at their "off" values (left out
+# of settings records, so pools made before they existed keep their record).
+SWITCHES_OFF = {
+    "negative_scale": 0.0,
+    "unconditional_steps": 0,
+    "filter_threshold": None,
+    "compile": False,
+}
+
+
 @dataclass(frozen=True)
 class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
     """How faces are sampled (config section ``synthesis``; defaults in the schema)."""
@@ -66,6 +77,10 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
     sampler: str
     eta: float
     antialias: bool
+    negative_scale: float
+    unconditional_steps: int
+    filter_threshold: float | None
+    filter_draws_per_image: int
     # Compiled kernels round differently (a grey level here and there), so a pool records it.
     compile: bool
 
@@ -76,16 +91,27 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
                 f"{self.batch_size}: choose one of {', '.join(SAMPLERS)}, steps >= 1 and "
                 "batch_size >= 1"
             )
-        if self.eta != 0:
+        if self.eta != 0 and self.sampler != "ddim":
             raise ValueError(
-                f"synthesis.eta={self.eta}: DDIM's per-step noise for eta > 0 comes from torch's "
-                "global RNG in sample_latents, so faces would depend on how jobs are batched "
-                "(ADMIS samples with eta 0); set eta to 0"
+                f"synthesis.eta={self.eta} with sampler {self.sampler!r}: stochastic steps "
+                "(eta > 0) are implemented for sampler ddim only; set eta to 0 or sampler to ddim"
+            )
+        if not 0 <= self.unconditional_steps < self.steps:
+            raise ValueError(
+                f"synthesis.unconditional_steps={self.unconditional_steps}: choose 0 (off) to "
+                f"{self.steps - 1} (steps - 1), so that the identity steers the last steps"
             )
 
+    def guidance(self) -> Guidance:
+        return Guidance(self.guidance_scale, self.negative_scale, self.unconditional_steps)
+
     def sampling(self) -> dict[str, Any]:
-        """What the pixels depend on (the batch size does not: module docstring)."""
-        return {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        """What the pixels depend on (the batch size does not: module docstring). Switches
+        that are off are left out, so pools made before they existed keep their record."""
+        record = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        if self.filter_threshold is None:
+            del record["filter_draws_per_image"]
+        return {k: v for k, v in record.items() if k not in SWITCHES_OFF or v != SWITCHES_OFF[k]}
 
 
 def pad_jobs(jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -195,25 +221,92 @@ def _place(out_dir: Path, identity: int) -> None:
         os.replace(_temp_folder(out_dir, identity), folder)
 
 
-def _write_faces(
-    out_dir: Path,
+@dataclass
+class _Draws:
+    """One identity's draws under the intra-class filter: slots filled so far, the faces
+    rejected (kept for the fallback) and the next noise index to draw."""
+
+    next_draw: int
+    accepted: int = 0
+    rejected: list[tuple[float, int, torch.Tensor]] = field(default_factory=list)
+
+
+# (faces, jobs) -> each face's cosine to its identity's context.
+Judge = Callable[[torch.Tensor, list[tuple[int, int]]], torch.Tensor]
+
+
+def far_contexts(contexts: torch.Tensor, identities: Sequence[int]) -> dict[int, int]:
+    """The negative context of each identity (NegFaceDiff): the row of the whole contexts
+    table least similar to it. One matrix-vector product per identity, so the choice does not
+    depend on which identities share a shard."""
+    return {i: int((contexts @ contexts[i]).argmin()) for i in identities}
+
+
+def _sample(
+    generator: FaceGenerator,
+    contexts: torch.Tensor,
+    negatives: dict[int, int] | None,
     chunk: list[tuple[int, int]],
-    faces: torch.Tensor,
-    written: dict[int, int],
-    images_per_identity: int,
+    settings: SynthesisSettings,
     face_size: int,
-    antialias: bool,
-) -> None:
-    """Resize and write one batch's PNGs; move each identity into place once all its images
-    are there (``written`` counts them across batches)."""
-    for (identity, k), face in zip(
-        chunk, resize_faces(faces[: len(chunk)], face_size, antialias), strict=True
-    ):
-        temp = _temp_folder(out_dir, identity)
-        temp.mkdir(parents=True, exist_ok=True)
-        write_png(face, str(temp / f"{k:03d}.png"))
-        written[identity] += 1
-        if written[identity] == images_per_identity:
+) -> torch.Tensor:
+    """The resized uint8 faces of ``chunk``'s (i, k) jobs, padded to ``MIN_ROWS`` to sample."""
+    padded = pad_jobs(chunk)
+    far = None if negatives is None else contexts[[negatives[i] for i, _ in padded]]
+    faces = generator.faces(
+        contexts[[i for i, _ in padded]],
+        padded,
+        settings.seed,
+        steps=settings.steps,
+        eta=settings.eta,
+        sampler=settings.sampler,
+        guidance=settings.guidance(),
+        negative_contexts=far,
+    )
+    return resize_faces(faces[: len(chunk)], face_size, settings.antialias)
+
+
+def _write_face(out_dir: Path, identity: int, slot: int, face: torch.Tensor) -> None:
+    temp = _temp_folder(out_dir, identity)
+    temp.mkdir(parents=True, exist_ok=True)
+    write_png(face, str(temp / f"{slot:03d}.png"))
+
+
+def _next_draws(
+    states: dict[int, _Draws], settings: SynthesisSettings, images: int, out_dir: Path
+) -> tuple[list[tuple[int, int]], int]:
+    """(the jobs of the next round, faces kept below τ): each identity short of ``images``
+    draws the next noise indices, as many as it lacks; one out of draws
+    (``filter_draws_per_image`` × ``images``) is filled with its best rejected faces."""
+    jobs, kept_below = [], 0
+    limit = images * settings.filter_draws_per_image
+    for identity, state in states.items():
+        lacking = images - state.accepted
+        if not lacking:
+            continue
+        if state.next_draw >= limit:
+            best = sorted(state.rejected, key=lambda r: (-r[0], r[1]))[:lacking]
+            for slot, (_, _, face) in enumerate(best, start=state.accepted):
+                _write_face(out_dir, identity, slot, face)
+            state.accepted = images
+            kept_below += len(best)
+            _place(out_dir, identity)
+            continue
+        stop = min(state.next_draw + lacking, limit)
+        jobs += [(identity, k) for k in range(state.next_draw, stop)]
+        state.next_draw = stop
+    return jobs, kept_below
+
+
+Kept = list[tuple[int, int, torch.Tensor, bool]]
+
+
+def _write_kept(out_dir: Path, kept: Kept) -> None:
+    """Write one batch's kept faces (identity, slot, face, last) in order, moving an identity
+    into place after its last slot (the writer thread's work)."""
+    for identity, slot, face, last in kept:
+        _write_face(out_dir, identity, slot, face)
+        if last:
             _place(out_dir, identity)
 
 
@@ -225,40 +318,67 @@ def _generate(
     images_per_identity: int,
     face_size: int,
     out_dir: Path,
-) -> int:
-    """Write the faces of ``pending`` identities; returns the number of images.
+    judge: Judge | None = None,
+) -> dict[str, int]:
+    """Write the faces of ``pending`` identities; returns the counts of faces written, drawn,
+    replaced and kept below τ.
 
-    A writer thread resizes, encodes and writes batch n while batch n + 1 is sampled; one batch
-    at most waits for it, and its errors surface at the next batch (or at the end).
-    """
+    Without a ``judge`` image k is noise index k. With one (the intra-class filter), a face
+    whose cosine to its identity's context is below ``filter_threshold`` is replaced by the
+    identity's next noise index, so the kept faces are the first ``images_per_identity`` draws
+    that pass, in draw order: a function of (settings, seed, i) whatever the batching. A writer
+    thread encodes and writes batch n while batch n + 1 is sampled; its errors surface at the
+    next batch (or at the end)."""
+    negatives = far_contexts(contexts, pending) if settings.negative_scale else None
+    states = {i: _Draws(next_draw=images_per_identity) for i in pending}
     jobs = [(i, k) for i in pending for k in range(images_per_identity)]
-    written = dict.fromkeys(pending, 0)
+    drawn = replaced = kept_below = 0
     writing: Future | None = None
     bar = progress(len(jobs), "synthesize", settings.batch_size, unit="faces")
     with ThreadPoolExecutor(1, thread_name_prefix="synface-writer") as writer:
-        for start in range(0, len(jobs), settings.batch_size):
-            chunk = jobs[start : start + settings.batch_size]
-            padded = pad_jobs(chunk)
-            faces = generator.faces(
-                contexts[[i for i, _ in padded]],
-                padded,
-                settings.seed,
-                steps=settings.steps,
-                guidance_scale=settings.guidance_scale,
-                eta=settings.eta,
-                sampler=settings.sampler,
-            )
+        while jobs:
+            for start in range(0, len(jobs), settings.batch_size):
+                chunk = jobs[start : start + settings.batch_size]
+                faces = _sample(generator, contexts, negatives, chunk, settings, face_size)
+                cosines = judge(faces, chunk) if judge else None
+                kept: Kept = []
+                for row, ((identity, k), face) in enumerate(zip(chunk, faces, strict=True)):
+                    state = states[identity]
+                    if cosines is not None and cosines[row] < settings.filter_threshold:
+                        state.rejected.append((float(cosines[row]), k, face))
+                        replaced += 1
+                        continue
+                    state.accepted += 1
+                    kept.append(
+                        (identity, state.accepted - 1, face, state.accepted == images_per_identity)
+                    )
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(_write_kept, out_dir, kept)
+                bar.update(len(kept))
             if writing is not None:
-                writing.result()
-            writing = writer.submit(
-                _write_faces, out_dir, chunk, faces, written, images_per_identity, face_size,
-                settings.antialias,
-            )  # fmt: skip
-            bar.update(len(chunk))
-        if writing is not None:
-            writing.result()
+                writing.result()  # the fallback of _next_draws writes on this thread
+            drawn += len(jobs)
+            jobs, below = _next_draws(states, settings, images_per_identity, out_dir)
+            kept_below += below
+            bar.update(below)
     bar.close()
-    return len(jobs)
+    images = len(pending) * images_per_identity
+    return {"images": images, "drawn": drawn, "replaced": replaced, "kept_below": kept_below}
+
+
+def context_judge(embedder: FaceEmbedder, contexts: torch.Tensor) -> Judge:
+    """Cosines of faces to their identity's context under the embedding model, embedded in
+    batches of at least ``MIN_ROWS`` (the module docstring's kernel rule) so that a face's
+    cosine, and the filter's decision, do not depend on the batching."""
+
+    def judge(faces: torch.Tensor, jobs: list[tuple[int, int]]) -> torch.Tensor:
+        pad = faces[-1:].expand(max(0, MIN_ROWS - len(faces)), *faces.shape[1:])
+        padded = torch.cat([faces, pad])
+        embeddings = embedder(padded)[: len(faces)]
+        return (embeddings * contexts[[i for i, _ in jobs]]).sum(dim=1)
+
+    return judge
 
 
 def synthesize_shard(
@@ -272,6 +392,7 @@ def synthesize_shard(
     settings: SynthesisSettings,
     threads: int = 1,
     done_marker: Path | None = None,
+    embedding_weights: Path | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/<i:05d>/<k:03d>.png`` for every identity i of ``identities`` (a row of
     ``contexts``) and k < ``images_per_identity``; then a JSON summary to ``done_marker``
@@ -279,7 +400,14 @@ def synthesize_shard(
 
     Faces are decoded, clamped, quantised to uint8 and resized to ``face_size`` when the LDM's
     size differs (128 -> 112 px on real runs), antialiased unless ``settings.antialias`` is off.
+    The intra-class filter (``settings.filter_threshold``) judges faces with the embedding
+    model at ``embedding_weights``.
     """
+    if settings.filter_threshold is not None and embedding_weights is None:
+        raise ValueError(
+            f"synthesis.filter_threshold={settings.filter_threshold} needs the embedding model "
+            "that judges the faces: pass --embedding-weights (the workflow does so)"
+        )
     if images_per_identity < 1 or face_size < 1:
         raise ValueError(
             f"images_per_identity and face_size must be >= 1, got {images_per_identity} and "
@@ -306,8 +434,14 @@ def synthesize_shard(
     generator = FaceGenerator.for_stage(ldm_checkpoint, first_stage, threads)
     if settings.compile:
         generator = generator.compiled()
+    judge = None
+    if settings.filter_threshold is not None:
+        judge = context_judge(FaceEmbedder(embedding_weights, generator.device), table)
     started = time.perf_counter()
-    images = _generate(generator, table, pending, settings, images_per_identity, face_size, out_dir)
+    counts = _generate(
+        generator, table, pending, settings, images_per_identity, face_size, out_dir, judge
+    )
+    images = counts["images"]
     seconds = time.perf_counter() - started
     summary = {
         "first": identities.start,
@@ -316,6 +450,7 @@ def synthesize_shard(
         "synthesized": len(pending),
         "skipped_complete": kept,
         "images": images,
+        **({"filter": counts} if judge else {}),
         "sampling_seconds": round(seconds, 3),
         "images_per_s": round(images / seconds, 3) if images else None,
         "device": str(generator.device),

@@ -115,3 +115,21 @@ def scan_image_folder(images: Path) -> list[ManifestEntry]:
     if not entries:
         raise ValueError(f"dataset folder {images} holds no .jpg/.png images in sub-folders")
     return entries
+
+
+def mix_manifests(parts: list[Path], out_manifest: Path) -> int:
+    """One dataset uniting ``parts`` (e.g. the real set and a synthetic one, FRCSyn's mixed
+    sub-task): every image of every part, each part's labels shifted past the largest label
+    of the parts before it, so that no identity of one part merges with one of another.
+    Returns the number of images."""
+    if len(parts) < 2:
+        raise ValueError(f"{out_manifest}: a mixed dataset needs two or more parts, got {parts}")
+    entries: list[ManifestEntry] = []
+    offset = 0
+    for part in parts:
+        own = read_manifest(part)
+        if not own:
+            raise ValueError(f"{part}: an empty manifest cannot be a part of {out_manifest}")
+        entries += [ManifestEntry(e.path, e.label + offset) for e in own]
+        offset += max(e.label for e in own) + 1
+    return write_manifest(out_manifest, entries)

@@ -20,7 +20,7 @@ from synface import runtime
 from synface.io.images import normalize, to_uint8
 from synface.ldm.first_stage import FirstStage
 from synface.ldm.model import latent_shape, load_ldm
-from synface.ldm.sampling import image_noise, make_sampler, sample_latents
+from synface.ldm.sampling import Guidance, image_noise, make_sampler, sample_latents, step_noise
 from synface.models.spec import load_backbone
 
 
@@ -74,21 +74,38 @@ class FaceGenerator:
         guidance_scale: float = 1.0,
         eta: float = 0.0,
         sampler: str = "ddim",
+        guidance: Guidance | None = None,
+        negative_contexts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """uint8 (len(jobs), 3, H, W) faces; ``contexts`` holds one row per job, or None for
-        the unconditional mode (the empty context)."""
+        the unconditional mode (the empty context). ``guidance`` (with ``negative_contexts``,
+        one row per job) replaces ``guidance_scale`` when given; η > 0 draws each step's noise
+        from (seed, i, k, step)."""
         noise = torch.stack([image_noise(seed, i, k, self.latent_shape) for i, k in jobs])
+
+        def noise_of_step(step: int) -> torch.Tensor:
+            return torch.stack([step_noise(seed, i, k, step, self.latent_shape) for i, k in jobs])
+
         latents = sample_latents(
             self.unet,
             make_sampler(self.scheduler_config, sampler),
             noise.to(self.device),
-            None if contexts is None else contexts.to(self.device),
+            _to(contexts, self.device),
             steps=steps,
             guidance_scale=guidance_scale,
             eta=eta,
+            guidance=guidance,
+            negative_contexts=None
+            if negative_contexts is None
+            else negative_contexts.to(self.device),
+            step_noise=noise_of_step if eta > 0 else None,
         )
         # fp32 even on CUDA: the codebook lookup must pick the codes fp32 distances pick.
         return to_uint8(self.decoder(latents.float())).cpu()
+
+
+def _to(rows: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if rows is None else rows.to(device)
 
 
 class FaceEmbedder:

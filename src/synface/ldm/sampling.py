@@ -5,13 +5,26 @@ eq. 12; ``ddim_admis``: the ADMIS reference's variant of it, ``AdmisDDIMSchedule
 module only runs the loop, with optional classifier-free guidance
 (ε = ε_u + w·(ε_c − ε_u), Ho & Salimans 2022, §3.2). The unconditional branch is the model's
 empty context (``dropout_mask`` True), which it learns through whole-context dropout.
+
+Three further options reach beyond ADMIS, all off by default (``Guidance``):
+
+- negative-context guidance (NegFaceDiff, Caldeira et al.): ε ← ε + w_neg·(ε_c − ε(c_neg)),
+  pushing the sample away from a far identity c_neg; with classifier-free guidance on as well,
+  the term is added to the guided ε. One more UNet pass per step.
+- two-stage sampling (UIFace): the first ``unconditional_steps`` steps run under the empty
+  context, so the coarse layout (pose, light) is drawn without the identity; the identity
+  (and any guidance) takes over from there.
+- DDIM η > 0: the per-step noise is passed in (``step_noise``), a function of (seed, identity,
+  image, step), never drawn from torch's global RNG, so faces do not depend on the batching.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
@@ -110,6 +123,17 @@ def make_sampler(training_config: dict, kind: str = "ddim") -> SchedulerMixin:
     raise ValueError(f"unknown sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """How the identity steers each step (module docstring): classifier-free scale (1 = off),
+    negative-context scale (0 = off) and the number of first steps under the empty context
+    (0 = off)."""
+
+    scale: float = 1.0
+    negative_scale: float = 0.0
+    unconditional_steps: int = 0
+
+
 @torch.inference_mode()
 def sample_latents(
     unet: nn.Module,
@@ -119,30 +143,85 @@ def sample_latents(
     steps: int = 50,
     guidance_scale: float = 1.0,
     eta: float = 0.0,
+    guidance: Guidance | None = None,
+    negative_contexts: torch.Tensor | None = None,
+    step_noise: Callable[[int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Denoise ``noise`` (B, C, h, w) under ``contexts`` (B, D), or unconditionally if None."""
+    """Denoise ``noise`` (B, C, h, w) under ``contexts`` (B, D), or unconditionally if None.
+
+    ``guidance`` replaces ``guidance_scale`` when given; its negative scale needs
+    ``negative_contexts`` (B, D). ``step_noise(step_index)`` gives DDIM's (B, C, h, w) noise of
+    that step, required when ``eta`` > 0."""
+    guidance = guidance or Guidance(scale=guidance_scale)
+    _check_options(scheduler, eta, guidance, negative_contexts, step_noise)
     device = noise.device
     # The schedule stays on the host: the scheduler's arithmetic then reads host scalars only,
     # and no step waits for the GPU (a device timestep made each step sync on it).
     scheduler.set_timesteps(steps)
     x = noise
-    batch = x.shape[0]
-    guided = contexts is not None and guidance_scale != 1.0
-    for step in scheduler.timesteps:
+    for index, step in enumerate(scheduler.timesteps):
         t = step.to(device, non_blocking=True)
         with _unet_precision(scheduler, device):
             if contexts is None:
                 eps = unet(x, t)
-            elif guided:
-                drop = torch.arange(2 * batch, device=device) >= batch
-                both = unet(torch.cat([x, x]), t, torch.cat([contexts, contexts]), drop)
-                conditional, unconditional = both.float().chunk(2)
-                eps = unconditional + guidance_scale * (conditional - unconditional)
+            elif index < guidance.unconditional_steps:
+                eps = unet(x, t, contexts, torch.ones(len(x), dtype=torch.bool, device=device))
             else:
-                eps = unet(x, t, contexts)
+                eps = _guided_eps(unet, x, t, contexts, guidance, negative_contexts)
         kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
+        if eta > 0:
+            kwargs["variance_noise"] = step_noise(index).to(device)
         x = scheduler.step(eps.float(), step, x, **kwargs).prev_sample
     return x
+
+
+def _check_options(
+    scheduler: SchedulerMixin,
+    eta: float,
+    guidance: Guidance,
+    negative_contexts: torch.Tensor | None,
+    step_noise: Callable[[int], torch.Tensor] | None,
+) -> None:
+    if eta > 0 and (step_noise is None or not isinstance(scheduler, DDIMScheduler)):
+        raise ValueError(
+            f"eta={eta} needs the DDIM sampler and per-step noise (step_noise): torch's global "
+            "RNG would make faces depend on the batching; set eta to 0 or sampler to ddim"
+        )
+    if guidance.negative_scale and negative_contexts is None:
+        raise ValueError("negative_scale is set but no negative_contexts were given")
+
+
+def _guided_eps(
+    unet: nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    contexts: torch.Tensor,
+    guidance: Guidance,
+    negative_contexts: torch.Tensor | None,
+) -> torch.Tensor:
+    """ε of one step under the identity, with the guidance terms of the module docstring, all
+    branches in one UNet call (conditional, then empty context, then negative context)."""
+    branches = [contexts]
+    if guidance.scale != 1.0:
+        branches.append(contexts)
+    if guidance.negative_scale:
+        branches.append(negative_contexts)
+    if len(branches) == 1:
+        return unet(x, t, contexts)
+    batch = len(x)
+    drop = torch.zeros(batch * len(branches), dtype=torch.bool, device=x.device)
+    if guidance.scale != 1.0:
+        drop[batch : 2 * batch] = True
+    outputs = unet(torch.cat([x] * len(branches)), t, torch.cat(branches), drop).float()
+    parts = list(outputs.chunk(len(branches)))
+    conditional = parts.pop(0)
+    eps = conditional
+    if guidance.scale != 1.0:
+        unconditional = parts.pop(0)
+        eps = unconditional + guidance.scale * (conditional - unconditional)
+    if guidance.negative_scale:
+        eps = eps + guidance.negative_scale * (conditional - parts.pop(0))
+    return eps
 
 
 def _unet_precision(scheduler: SchedulerMixin, device: torch.device) -> AbstractContextManager:
@@ -157,3 +236,15 @@ def image_noise(seed: int, identity: int, k: int, shape: tuple[int, ...]) -> tor
     """The starting noise of image ``k`` of identity ``identity``: a function of (seed, i, k)
     alone, so results do not depend on shard size, batch size or device count."""
     return torch.randn(shape, generator=step_generator(seed, identity, k))
+
+
+# The fifth seed word of ``step_noise``: its streams never coincide with ``image_noise``'s.
+STEP_NOISE_STREAM = 1
+
+
+def step_noise(seed: int, identity: int, k: int, step: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """DDIM's η-noise at step index ``step`` of image ``k`` of identity ``identity``: a function
+    of (seed, i, k, step) alone, so η > 0 keeps faces independent of shards and batches."""
+    words = [seed, identity, k, step, STEP_NOISE_STREAM]
+    state = np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> 1
+    return torch.randn(shape, generator=torch.Generator().manual_seed(int(state)))
