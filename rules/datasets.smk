@@ -53,11 +53,11 @@ rule mixed_manifest:
     input:
         get_mixed_manifest_input,
     output:
-        "results/datasets/{mixed:q}/manifest.tsv",
+        "results/datasets/{mixed}/manifest.tsv",
     log:
-        "logs/mixed_manifest/{mixed:q}.log",
+        "logs/mixed_manifest/{mixed}.log",
     benchmark:
-        "logs/benchmarks/mixed_manifest/{mixed:q}.tsv"
+        "logs/benchmarks/mixed_manifest/{mixed}.tsv"
     wildcard_constraints:
         mixed="|".join(MIXED) or "^$",
     conda:
