@@ -392,7 +392,9 @@ def add_train_recognition(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--data-root", type=Path, required=True, help="folder of the TFR-* dirs")
     _path(sub, "--out", "backbone_out", "final backbone state dict")
     sub.add_argument("--run-dir", type=Path, required=True, help="checkpoints, kept for resume")
-    _settings_option(sub, "recognition", "image_size (config face_size)", ("gpus", "threads", "seeds"))
+    _settings_option(
+        sub, "recognition", "image_size (config face_size)", ("gpus", "threads", "seeds")
+    )
     _threads(sub)
 
 
