@@ -64,10 +64,10 @@ rule plot_ldm_training:
         log=f"LDM={rules.train_ldm.params.run_dir}/loss.tsv",
         title="LDM training",
     shell:
-        "(synface plot-curves --log {params.log:q} --title {params.title:q} "
-        "--out {output.curves:q} && "
-        "synface plot-previews --run-dir {params.run_dir:q} --out {output.previews:q}) "
-        "> {log:q} 2>&1"
+        "synface plot-curves --log {params.log:q} --title {params.title:q} "
+        "--out {output.curves:q} > {log:q} 2>&1 && "
+        "synface plot-previews --run-dir {params.run_dir:q} --out {output.previews:q} "
+        ">> {log:q} 2>&1"
 
 
 rule plot_roc:
