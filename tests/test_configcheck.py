@@ -22,38 +22,45 @@ def _merged(base: dict, diff: dict) -> dict:
     return out
 
 
-def _base_of(diff: Path) -> Path | None:
-    """The shipped config a diff is layered over, as the usage in its first lines says
-    (`--configfile config/frcsyn.yaml tests/config/paper_micro.yaml`); None when it names no
-    other shipped config (a complete one, or a test diff over the demo's)."""
-    first_lines = "".join(diff.read_text().splitlines(keepends=True)[:3])
-    named = re.search(r"--configfile[\s#]+config/(\S+\.yaml)", first_lines)
-    return ROOT / "config" / named.group(1) if named and named.group(1) != diff.name else None
+def _layers(config: Path, default: Path | None) -> list[Path]:
+    """The configs ``config`` is layered over, as the usage in its first lines names them
+    (`--configfile config/frcsyn.yaml tests/config/paper_micro.yaml`), then ``config``; over
+    ``default`` when the usage names none before it (a complete config: ``default`` None)."""
+    first_lines = "".join(config.read_text().splitlines(keepends=True)[:4])
+    usage = re.search(r"--configfile(?:[\s#\\(]+(?:tests/)?config/\S+\.yaml)+", first_lines)
+    named = re.findall(r"(?:tests/)?config/[^\s)]+\.yaml", usage.group(0)) if usage else []
+    names = [ROOT / name for name in named]
+    before = names[: names.index(config)] if config in names else names
+    if not before:
+        before = [] if default is None else [default]
+    return [*before, config]
 
 
-def _validate_layered(path: Path, base: Path | None) -> None:
-    """Validate ``path`` over ``base`` (Snakemake's merge of two --configfile), or alone."""
-    layers = [path] if base is None else [base, path]
+def _validate_layered(layers: list[Path]) -> None:
+    """Validate Snakemake's merge of ``layers`` given as --configfile, in order."""
     config = {}
     for layer in layers:
         config = _merged(config, yaml.safe_load(layer.read_text()))
     validate_config(config, SCHEMA, read_sources(layers))
 
 
+def test_the_plus_preset_and_the_micro_ablation_are_layered_as_their_usage_says() -> None:
+    plus, micro = ROOT / "config" / "frcsyn-plus.yaml", ROOT / "tests/config/ablation_micro.yaml"
+    assert _layers(plus, None) == [ROOT / "config" / "frcsyn.yaml", plus]
+    assert _layers(ROOT / "config" / "frcsyn.yaml", None) == [ROOT / "config" / "frcsyn.yaml"]
+    names = ["config/config.yaml", "tests/config/micro.yaml", "config/ablation.yaml"]
+    assert _layers(micro, None) == [*(ROOT / name for name in names), micro]
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path: Path) -> None:
     """Complete configs alone; an overlay (config/frcsyn-plus.yaml) over the config it names."""
-    _validate_layered(path, _base_of(path))
-
-
-def test_the_plus_preset_is_an_overlay_on_the_admis_preset() -> None:
-    assert _base_of(ROOT / "config" / "frcsyn-plus.yaml") == ROOT / "config" / "frcsyn.yaml"
-    assert _base_of(ROOT / "config" / "frcsyn.yaml") is None
+    _validate_layered(_layers(path, None))
 
 
 @pytest.mark.parametrize("path", TEST_DIFFS, ids=lambda p: p.name)
 def test_every_test_config_is_valid_over_its_shipped_config(path: Path) -> None:
-    _validate_layered(path, _base_of(path) or ROOT / "config" / "config.yaml")
+    _validate_layered(_layers(path, ROOT / "config" / "config.yaml"))
 
 
 def _config_file(tmp_path: Path, edit) -> tuple[dict, Path]:
@@ -84,7 +91,12 @@ def test_a_mistyped_value_names_the_key(tmp_path: Path) -> None:
 def test_defaults_are_filled(tmp_path: Path) -> None:
     config, path = _config_file(tmp_path, lambda c: c.pop("evaluation"))
     validate_config(config, SCHEMA, read_sources([path]))
-    assert config["evaluation"] == {"batch_size": 64, "threads": 4, "precision": "bf16"}
+    assert config["evaluation"] == {
+        "batch_size": 64,
+        "threads": 4,
+        "precision": "bf16",
+        "consistency_columns": False,
+    }
 
 
 def test_a_bad_command_line_value_is_blamed_on_the_command_line() -> None:
