@@ -381,6 +381,25 @@ def context_judge(embedder: FaceEmbedder, contexts: torch.Tensor) -> Judge:
     return judge
 
 
+def _check_request(
+    settings: SynthesisSettings,
+    embedding_weights: Path | None,
+    images_per_identity: int,
+    face_size: int,
+) -> None:
+    """Refuse a shard that could not be made as asked, before any model is loaded."""
+    if settings.filter_threshold is not None and embedding_weights is None:
+        raise ValueError(
+            f"synthesis.filter_threshold={settings.filter_threshold} needs the embedding model "
+            "that judges the faces: pass --embedding-weights (the workflow does so)"
+        )
+    if images_per_identity < 1 or face_size < 1:
+        raise ValueError(
+            f"images_per_identity and face_size must be >= 1, got {images_per_identity} and "
+            f"{face_size}"
+        )
+
+
 def synthesize_shard(
     ldm_checkpoint: Path,
     first_stage: Path,
@@ -403,16 +422,7 @@ def synthesize_shard(
     The intra-class filter (``settings.filter_threshold``) judges faces with the embedding
     model at ``embedding_weights``.
     """
-    if settings.filter_threshold is not None and embedding_weights is None:
-        raise ValueError(
-            f"synthesis.filter_threshold={settings.filter_threshold} needs the embedding model "
-            "that judges the faces: pass --embedding-weights (the workflow does so)"
-        )
-    if images_per_identity < 1 or face_size < 1:
-        raise ValueError(
-            f"images_per_identity and face_size must be >= 1, got {images_per_identity} and "
-            f"{face_size}"
-        )
+    _check_request(settings, embedding_weights, images_per_identity, face_size)
     out_dir = Path(out_dir)
     if done_marker is None:
         done_marker = out_dir.parent / "shards" / f"{identities.start}-{identities.stop}.json"
