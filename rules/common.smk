@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from synface.configcheck import ConfigError, config_sources, validate_config
 from synface.evaluation.table import COLUMNS as BENCHMARKS
+from synface.recognition.switches import augment_record
 
 # The checkout: the schema and the shipped demo weights are found beside the Snakefile, so
 # `snakemake -s <checkout>/Snakefile --directory <elsewhere>` works. Results and user data
@@ -149,26 +150,28 @@ def get_evaluate_pack_args(wildcards, input):
     return [arg for name in BENCHMARKS for arg in ("--pack", f"{name}={input[name]}")]
 
 
-def get_train_recognition_params():
+def recognition_settings(dataset, **train):
+    """The recognition sections for one dataset: its own ``augment`` keys over
+    recognition.augment, recognition.train with ``train`` replaced."""
     recognition = config["recognition"]
+    augment = {**recognition["augment"], **config["datasets"][dataset].get("augment", {})}
     return settings(
         {
             "image_size": config["face_size"],
-            **{k: recognition[k] for k in ("backbone", "head", "train", "augment")},
+            **{k: recognition[k] for k in ("backbone", "head")},
+            "train": {**recognition["train"], **train},
+            "augment": augment_record(augment),
         }
     )
+
+
+def get_train_recognition_params(wildcards):
+    return recognition_settings(wildcards.dataset)
 
 
 def get_train_recognition_seed_params(wildcards):
     """The recipe of one repeat: recognition.train with its seed replaced."""
-    recognition = config["recognition"]
-    return settings(
-        {
-            "image_size": config["face_size"],
-            **{k: recognition[k] for k in ("backbone", "head", "augment")},
-            "train": {**recognition["train"], "seed": int(wildcards.seed)},
-        }
-    )
+    return recognition_settings(wildcards.dataset, seed=int(wildcards.seed))
 
 
 def get_evaluate_seed_input(wildcards):

@@ -17,7 +17,7 @@ rule train_recognition:
         mem_mb=16000,
         runtime=2880,
     params:
-        settings=get_train_recognition_params(),
+        settings=get_train_recognition_params,
         launcher=launcher("recognition"),
         data_root=input_folder("index"),
         # Checkpoints live outside the declared outputs, so a rerun resumes instead of

@@ -152,9 +152,14 @@ def test_flip_mirrors_columns_exactly() -> None:
     assert torch.equal(flipped[0], image[0].flip(-1)) and torch.equal(flipped[1], image[1])
 
 
-def _ranges() -> dict[str, tuple[float, float]]:
-    """ADMIS's crop: 20-100 % of the face, width/height 3/4 to 4/3."""
-    return {"crop_scale": (0.2, 1.0), "crop_ratio": (0.75, 4 / 3)}
+def _ranges() -> dict[str, tuple[float, float] | int]:
+    """ADMIS's crop: 20-100 % of the face, width/height 3/4 to 4/3; RandAugment off."""
+    return {
+        "crop_scale": (0.2, 1.0),
+        "crop_ratio": (0.75, 4 / 3),
+        "randaugment_ops": 0,
+        "randaugment_magnitude": 9,
+    }
 
 
 def test_random_resized_crop_keeps_the_configured_scale_and_ratio() -> None:

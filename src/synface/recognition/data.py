@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import RandomResizedCrop
+from torchvision.transforms.v2 import RandAugment, RandomResizedCrop
 from torchvision.transforms.v2 import functional as tvf
 
 from synface.io.images import decode_batch, normalize
@@ -58,22 +58,27 @@ class RecordDataset(Dataset):
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """ADMIS training augmentation: flip, then an AdaFace-style crop
-    (config ``recognition.augment``; the schema holds the defaults)."""
+    """ADMIS training augmentation: flip, then an AdaFace-style crop; then, a switch beyond
+    ADMIS, RandAugment as IDiff-Face trains on synthetic faces (``randaugment_ops`` random
+    operations of strength ``randaugment_magnitude`` of 30; 0 operations = off). Config
+    ``recognition.augment`` or a dataset's own ``augment``; the schema holds the defaults."""
 
     flip_p: float
     crop_p: float
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
+    randaugment_ops: int
+    randaugment_magnitude: int
 
 
 class DecodeAugmentCollate:
     """DataLoader ``collate_fn``: decode a batch, augment each image, normalise the stack.
 
     Each image's augmentation draws from the CPU generator seeded with its own seed, in this
-    order: the flip coin, the crop coin, then torchvision's ``RandomResizedCrop.get_params``
-    on the (maybe flipped) image. The draws are then a function of the sample's seed alone,
-    not of the worker count or of where a run was resumed, and the caller's RNG is untouched.
+    order: the flip coin, the crop coin, torchvision's ``RandomResizedCrop.get_params`` on the
+    (maybe flipped) image, then RandAugment's operations and signs. The draws are then a
+    function of the sample's seed alone, not of the worker count or of where a run was
+    resumed, and the caller's RNG is untouched.
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class DecodeAugmentCollate:
     ) -> None:
         self.image_size = image_size
         self.augment = augment
+        self.randaugment = RandAugment(augment.randaugment_ops, augment.randaugment_magnitude)
         # Where images are decoded and augmented: a GPU only in the main process
         # (``DeviceDecoded``); the random draws stay on the CPU generator either way.
         self.device = torch.device(device)
@@ -105,8 +111,8 @@ class DecodeAugmentCollate:
             return self._augment(image, seed)
 
     def _augment(self, image: torch.Tensor, seed: int) -> torch.Tensor:
-        """Flip, then the AdaFace-style random resized crop back to the input size; draws from
-        (and reseeds) the global CPU generator."""
+        """Flip, then the AdaFace-style random resized crop back to the input size, then
+        RandAugment when on; draws from (and reseeds) the global CPU generator."""
         augment = self.augment
         torch.default_generator.manual_seed(seed)
         if torch.rand(()) < augment.flip_p:
@@ -116,6 +122,8 @@ class DecodeAugmentCollate:
                 image, list(augment.crop_scale), list(augment.crop_ratio)
             )
             image = tvf.resized_crop(image, *box, [self.image_size] * 2, antialias=True)
+        if augment.randaugment_ops:
+            image = self.randaugment(image)
         return image
 
 

@@ -36,6 +36,7 @@ from synface.recognition.data import (
     GlobalBatchSampler,
     RecordDataset,
 )
+from synface.recognition.switches import augment_record
 from synface.settings import SettingsError, from_settings, schema_defaults
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,12 @@ class RecognitionTrainConfig:
 
     def fingerprint(self, data: str, classes: int) -> dict[str, str]:
         """The run's inputs (see `checkpoint.fingerprint`), settings by dotted key."""
+        sections = {name: asdict(getattr(self, name)) for name in SECTIONS}
+        sections["augment"] = augment_record(sections["augment"])
         settings = {
             f"{name}.{key}": value
-            for name in SECTIONS
-            for key, value in asdict(getattr(self, name)).items()
+            for name, section in sections.items()
+            for key, value in section.items()
             if not (name == "train" and key in RESULT_NEUTRAL)
         }
         architecture = {"backbone": self.model_args(), "classes": classes}
