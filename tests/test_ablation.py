@@ -130,6 +130,6 @@ def test_the_micro_ablation_runs_and_tabulates_mean_and_std(
     rows = json.loads((workdir / "results/tables/results.json").read_text())
     assert all(row["runs"] == 2 and "Average std" in row for row in rows)
     synthetic = [row for row in rows if row["EER %"] is not None]
-    assert len(synthetic) == 11
+    assert len(synthetic) == 13
     spread = json.loads((workdir / "results/contexts/spread/spread.json").read_text())
     assert spread["after"]["max_cosine"] <= spread["before"]["max_cosine"]
