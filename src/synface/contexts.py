@@ -38,13 +38,12 @@ from synface.io.embeddings import aligned_entries, read_embeddings
 from synface.io.images import to_uint8
 from synface.io.manifest import ManifestEntry, database_faces, read_manifest, write_manifest
 from synface.io.rejected import write_rejected
-from synface.ldm.faces import FaceGenerator, resize_faces, stage_device
-from synface.ldm.first_stage import FIRST_STAGE_JSON
+from synface.ldm.faces import FaceGenerator, ldm_files, resize_faces, stage_device
 from synface.ldm.sampling import image_noise, sample_latents
-from synface.models.vq_f4 import DECODER_FILE
+from synface.probes import read_scores
 from synface.progress import progress
 from synface.settings import StageSettings
-from synface.shards import claim_folder, journal_of
+from synface.shards import claim_folder, grid_batches, journal_of
 from synface.synthesis import pad_jobs
 
 log = logging.getLogger(__name__)
@@ -68,15 +67,6 @@ def write_uniform_contexts(out_dir: Path, count: int, dim: int, seed: int) -> No
 def candidate_face(out_dir: Path, index: int) -> Path:
     """Where candidate ``index`` is written: ``images/<index:05d>/0.png``."""
     return Path(out_dir) / "images" / f"{index:05d}" / "0.png"
-
-
-def grid_batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
-    """``indices`` grouped by ``i // batch_size``: the batches one job over every item would
-    make, whichever shard or resumed run holds them."""
-    batches: dict[int, list[int]] = {}
-    for i in indices:
-        batches.setdefault(i // batch_size, []).append(i)
-    return list(batches.values())
 
 
 def fit_faces(faces: torch.Tensor, face_size: int, aligner: FaceAligner | None) -> AlignedBatch:
@@ -157,15 +147,6 @@ def _write_candidate_shard(
     count = write_manifest(marker, [ManifestEntry(candidate_face(out_dir, i), i) for i in kept])
     journal.unlink()
     return count
-
-
-def ldm_files(ldm_checkpoint: Path, first_stage: Path) -> list[Path]:
-    """The files an LDM's faces depend on: its checkpoint, the first stage's decoder and spec."""
-    return [
-        Path(ldm_checkpoint),
-        Path(first_stage) / DECODER_FILE,
-        Path(first_stage) / FIRST_STAGE_JSON,
-    ]
 
 
 def _generator_record(source: str, model: list[Path], **settings: Any) -> dict[str, Any]:
@@ -422,8 +403,6 @@ def choose_contexts(
 
 def read_probe_scores(probes: Sequence[Path], count: int) -> list[float]:
     """The scores of candidates 0..count-1 from the probe shards' outputs."""
-    from synface.probes import read_scores
-
     scores: dict[int, float] = {}
     for path in probes:
         scores.update(read_scores(path))

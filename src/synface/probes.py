@@ -27,13 +27,12 @@ import numpy as np
 import torch
 
 from synface.checkpoint import content_digest
-from synface.contexts import grid_batches, ldm_files
 from synface.io.atomic import write_json, write_text
 from synface.io.embeddings import EMBEDDINGS_FILE
-from synface.ldm.faces import FaceEmbedder, FaceGenerator
+from synface.ldm.faces import FaceEmbedder, FaceGenerator, ldm_files
 from synface.progress import progress
 from synface.settings import StageSettings
-from synface.shards import SETTINGS_FILE, journal_of
+from synface.shards import SETTINGS_FILE, grid_batches, journal_of
 from synface.synthesis import pad_jobs
 
 log = logging.getLogger(__name__)

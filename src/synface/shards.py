@@ -6,7 +6,7 @@ Torch-free, so the workflow can plan a 300k-identity run without importing the m
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +65,12 @@ def claim_folder(
                 f"that deletes its {finished} finished {what}"
             )
     write_json(path, record)
+
+
+def grid_batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``indices`` grouped by ``i // batch_size``: the batches one job over every item would
+    make, whichever shard or resumed run holds them."""
+    batches: dict[int, list[int]] = {}
+    for i in indices:
+        batches.setdefault(i // batch_size, []).append(i)
+    return list(batches.values())

@@ -18,10 +18,11 @@ from torchvision.transforms.v2 import functional as tvf
 
 from synface import runtime
 from synface.io.images import normalize, to_uint8
-from synface.ldm.first_stage import FirstStage
+from synface.ldm.first_stage import FIRST_STAGE_JSON, FirstStage
 from synface.ldm.model import latent_shape, load_ldm
 from synface.ldm.sampling import Guidance, image_noise, make_sampler, sample_latents, step_noise
 from synface.models.spec import load_backbone
+from synface.models.vq_f4 import DECODER_FILE
 
 
 def stage_device(threads: int) -> torch.device:
@@ -135,3 +136,12 @@ def embed_faces(embedder: nn.Module, images: torch.Tensor, face_size: int) -> to
     faces = normalize(resize_faces(images, face_size)).to(device)
     with runtime.autocast(device):
         return F.normalize(embedder(faces).float(), dim=1).cpu()
+
+
+def ldm_files(ldm_checkpoint: Path, first_stage: Path) -> list[Path]:
+    """The files an LDM's faces depend on: its checkpoint, the first stage's decoder and spec."""
+    return [
+        Path(ldm_checkpoint),
+        Path(first_stage) / DECODER_FILE,
+        Path(first_stage) / FIRST_STAGE_JSON,
+    ]
