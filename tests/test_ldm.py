@@ -210,6 +210,11 @@ def test_the_demo_first_stage_learns_to_reconstruct(
     cfg = AutoencoderTrainConfig.from_settings({**settings, "steps": 30, "log_every": 10})
     history = train_autoencoder(toy_manifest, tmp_path / "fs", tmp_path / "run", cfg)
     assert history[-1]["mse"] < history[0]["mse"]
+    logged = (tmp_path / "run" / "loss.tsv").read_text().splitlines()
+    assert logged[0] == "step\tloss\tmse\timages_per_s" and len(logged) == 1 + 3
+    assert [float(line.split("\t")[2]) for line in logged[1:]] == pytest.approx(
+        [record["mse"] for record in history], rel=1e-5
+    )
     encoder, decoder = spec.load(tmp_path / "fs")
     assert not encoder.training and not decoder.training
     # Other faces (one image rewritten): the run restarts from step 1 instead of re-emitting.

@@ -174,6 +174,7 @@ def train_autoencoder(
     encoder.train()
     decoder.train()
     history: list[dict[str, float]] = []
+    loss_log = checkpoint.LossLog(run_dir, step)
     started, first_step = time.perf_counter(), step
     bar = progress(cfg.steps, "train-autoencoder", cfg.log_every, unit="steps", initial=step)
     while step < cfg.steps:
@@ -190,6 +191,7 @@ def train_autoencoder(
             rate = (step - first_step) * cfg.batch_size / (time.perf_counter() - started)
             record = {"step": step, "loss": loss.item(), "mse": mse.item(), "images_per_s": rate}
             history.append(record)
+            loss_log.append(record)
             log.info("step %d loss %.5f mse %.5f", step, record["loss"], record["mse"])
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             state = {
