@@ -80,13 +80,13 @@ def test_the_table_reports_mean_and_std_over_seeds_and_consistency(tmp_path: Pat
     rows = write_results_table({"syn": runs, "real": single}, out / "t.md", out / "t.csv",
                                out / "t.json", consistency={"syn": report})  # fmt: skip
     syn, real = rows
-    assert syn["LFW"] == 85.0 and syn["LFW std"] == pytest.approx(4.08, abs=0.01)
+    assert syn["LFW"] == 85.0 and syn["LFW std"] == 5.0  # sample std (n - 1)
     assert syn["Average"] == 85.0 and syn["runs"] == 3
     assert syn["EER %"] == 1.5 and syn["FDR"] == 12.5 and syn["genuine spread"] == 0.05
     assert real["LFW"] == 70.0 and "LFW std" not in real and real["EER %"] is None
     lines = (out / "t.md").read_text().splitlines()
     assert lines[0].endswith("| Average | EER % | FDR | genuine mean | genuine spread |")
-    assert "| syn | 85.00 ± 4.08 |" in lines[2] and lines[3].endswith("| – | – | – | – |")
+    assert "| syn | 85.00 ± 5.00 |" in lines[2] and lines[3].endswith("| – | – | – | – |")
     assert lines[2].endswith("| 1.50 | 12.500 | 0.900 | 0.050 |")  # run-independent figures
 
 

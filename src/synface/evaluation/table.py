@@ -1,10 +1,11 @@
 """The results table of the ADMIS paper: one row per trained model, five benchmarks + average.
 
 A row trained more than once (``recognition.seeds``) reports each figure as the mean over its
-runs, with their standard deviation beside it (``<column> std``, population std over the
-runs; Markdown ``mean ± std``); the average's std is that of the runs' averages. Synthetic
-rows may carry their identity-consistency figures (EER and FDR of the set, and the mean and
-spread of its genuine scores), which do not depend on the recognition run.
+runs, with their standard deviation beside it (``<column> std``, the sample std over the runs,
+n − 1 in the denominator: a few seeds estimate the spread of all; Markdown ``mean ± std``); the
+average's std is that of the runs' averages. Synthetic rows may carry their identity-consistency
+figures (EER and FDR of the set, and the mean and spread of its genuine scores), which do not
+depend on the recognition run.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def table_rows(
             values = [run[title] for run in runs]
             row[title] = round(statistics.fmean(values), 2) if len(runs) > 1 else values[0]
             if len(runs) > 1:
-                row[f"{title} std"] = round(statistics.pstdev(values), 2)
+                row[f"{title} std"] = round(statistics.stdev(values), 2)
         if len(runs) > 1:
             row["runs"] = len(runs)
         if consistency is not None:
