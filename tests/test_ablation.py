@@ -97,7 +97,7 @@ def _job_counts(output: str) -> dict[str, int]:
 
 def test_the_ablation_plans_one_training_per_row_and_seed(tmp_path: Path) -> None:
     """A dry run of the micro ablation: every row trained and evaluated once per seed, one
-    pool per switch, the spread contexts and the mixed set made once."""
+    pool per switch, the spread contexts made once, each mixed set once."""
     plan = snakemake(tmp_path, "-n", "-p", configfiles=ABLATION_CONFIGS, timeout=300)
     assert plan.returncode == 0, (plan.stdout + plan.stderr)[-3000:]
     counts = _job_counts(plan.stdout)
@@ -105,10 +105,11 @@ def test_the_ablation_plans_one_training_per_row_and_seed(tmp_path: Path) -> Non
     rows = len(yaml.safe_load(BASE.read_text())["datasets"]) + len(config["datasets"])
     seeds = yaml.safe_load(ABLATION_MICRO.read_text())["recognition"]["seeds"]
     assert counts["train_recognition_seed"] == counts["evaluate_seed"] == rows * len(seeds)
-    assert counts["spread_contexts"] == counts["mixed_manifest"] == 1
+    assert counts["spread_contexts"] == 1
+    assert counts["mixed_manifest"] == 2  # real + syn_300, real + syn_100
     assert "evaluate" not in counts  # with seeds, only the repeats make table rows
     pools = set(re.findall(r"results/synthetic/pools/([\w-]+)/shards", plan.stdout))
-    assert len(pools) == 2 + 8  # the demo's two, one per switch row and the combination
+    assert len(pools) == 2 + 11  # the demo's two, one per switch row and the combinations
     # Every planned command parses under the CLI (the switches' options included).
     commands = re.findall(r"^Shell command: synface (.*)$", plan.stdout, re.MULTILINE)
     assert len(commands) == counts["total"] - counts["all"]
@@ -130,6 +131,6 @@ def test_the_micro_ablation_runs_and_tabulates_mean_and_std(
     rows = json.loads((workdir / "results/tables/results.json").read_text())
     assert all(row["runs"] == 2 and "Average std" in row for row in rows)
     synthetic = [row for row in rows if row["EER %"] is not None]
-    assert len(synthetic) == 13
+    assert len(synthetic) == 16
     spread = json.loads((workdir / "results/contexts/spread/spread.json").read_text())
     assert spread["after"]["max_cosine"] <= spread["before"]["max_cosine"]
