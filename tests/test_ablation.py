@@ -109,7 +109,7 @@ def test_the_ablation_plans_one_training_per_row_and_seed(tmp_path: Path) -> Non
     assert counts["mixed_manifest"] == 2  # real + syn_300, real + syn_100
     assert "evaluate" not in counts  # with seeds, only the repeats make table rows
     pools = set(re.findall(r"results/synthetic/pools/([\w-]+)/shards", plan.stdout))
-    assert len(pools) == 2 + 10  # the demo's two, one per switch row and the combinations
+    assert len(pools) == 2 + 12  # the demo's two, one per switch row and the combinations
     # Every planned command parses under the CLI (the switches' options included).
     commands = re.findall(r"^Shell command: synface (.*)$", plan.stdout, re.MULTILINE)
     assert len(commands) == counts["total"] - counts["all"]
@@ -131,6 +131,6 @@ def test_the_micro_ablation_runs_and_tabulates_mean_and_std(
     rows = json.loads((workdir / "results/tables/results.json").read_text())
     assert all(row["runs"] == 2 and "Average std" in row for row in rows)
     synthetic = [row for row in rows if row["EER %"] is not None]
-    assert len(synthetic) == 15
+    assert len(synthetic) == 17
     spread = json.loads((workdir / "results/contexts/spread/spread.json").read_text())
     assert spread["after"]["max_cosine"] <= spread["before"]["max_cosine"]
