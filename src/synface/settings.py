@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -158,3 +158,16 @@ def from_settings(cls: type[T], values: Mapping[str, Any], section: str) -> T:
             f"{section} setting(s) {', '.join(missing)} missing and without a schema default"
         )
     return cls(**merged)
+
+
+def without_switches_off(
+    record: Mapping[str, Any],
+    off: Mapping[str, Any],
+    companions: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """``record`` without each switch of ``off`` that is at its off value, nor the keys that
+    matter only while it is on (``companions``): a record made before a switch existed stays
+    equal to one made after, so its results are neither redone nor refused."""
+    dropped = {key for key, value in off.items() if key in record and record[key] == value}
+    dropped |= {c for key in dropped for c in (companions or {}).get(key, ())}
+    return {key: value for key, value in record.items() if key not in dropped}

@@ -48,7 +48,7 @@ from synface.ldm.first_stage import FirstStageSpec
 from synface.ldm.sampling import SAMPLERS, Guidance, SamplingSettings
 from synface.models.vq_f4 import DECODER_FILE
 from synface.progress import progress
-from synface.settings import StageSettings
+from synface.settings import StageSettings, without_switches_off
 from synface.shards import JOURNAL_SUFFIX, claim_folder
 from synface.shards import SETTINGS_FILE as SETTINGS_FILE  # where the pool's record is
 
@@ -109,9 +109,9 @@ class SynthesisSettings(SamplingSettings, StageSettings, section="synthesis"):
         """What the pixels depend on (the batch size does not: module docstring). Switches
         that are off are left out, so pools made before they existed keep their record."""
         record = {k: v for k, v in asdict(self).items() if k != "batch_size"}
-        if self.filter_threshold is None:
-            del record["filter_draws_per_image"]
-        return {k: v for k, v in record.items() if k not in SWITCHES_OFF or v != SWITCHES_OFF[k]}
+        return without_switches_off(
+            record, SWITCHES_OFF, {"filter_threshold": ["filter_draws_per_image"]}
+        )
 
 
 def pad_jobs(jobs: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from synface.settings import without_switches_off
+
 
 def augment_record(augment: dict[str, Any]) -> dict[str, Any]:
     """An ``augment`` section without the RandAugment keys while it is off: the settings that
     runs made before the switch existed recorded, so they are neither rerun nor refused."""
-    if augment.get("randaugment_ops", 0):
-        return augment
-    return {k: v for k, v in augment.items() if not k.startswith("randaugment_")}
+    return without_switches_off(
+        augment, {"randaugment_ops": 0}, {"randaugment_ops": ["randaugment_magnitude"]}
+    )
